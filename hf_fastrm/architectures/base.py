@@ -1,0 +1,91 @@
+"""What FastRM needs to know about a model family: where the language model is and where the image tokens are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RowImageLayout:
+    """Where one batch row's images sit in its token sequence.
+
+    Attributes:
+        image_positions (`torch.LongTensor` of shape `(image_tokens,)`):
+            sequence positions of the row's image tokens, in order; relevancy is reported over these.
+        image_grids (`list[torch.LongTensor]`): one per image, of shape `(height, width)` (or `(frames, height,
+            width)` for video); each entry indexes into `image_positions` (the token holding that patch), -1 where
+            no token does. Tokens that belong to no grid cell (newline or separator tokens) are left out.
+    """
+
+    image_positions: torch.Tensor
+    image_grids: list[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return int(self.image_positions.numel())
+
+
+class ArchitectureAdapter:
+    """Family-specific knowledge. Subclass it and register with [`register_architecture`].
+
+    A subclass sets `model_types` and implements [`ArchitectureAdapter.image_layout`]; the defaults of the other
+    methods fit models built like LLaVA (``model.model.language_model`` with a final ``norm``).
+    """
+
+    model_types: tuple[str, ...] = ()
+    """``config.model_type`` values this adapter serves."""
+
+    grid_description: str = "one grid per image"
+    """One line for docs/supported-models.md: how image tokens map onto patch grids."""
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        """The text decoder (its layers hold the self-attention modules the teacher taps)."""
+        inner = getattr(model, "model", model)
+        language_model = getattr(inner, "language_model", None)
+        if language_model is None:
+            raise ValueError(
+                f"Cannot find the language model of {type(model).__name__} (expected `model.model.language_model`)."
+            )
+        return language_model
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        """The module whose output is the last hidden state (what ``lm_head`` reads)."""
+        language_model = self.language_model(model)
+        norm = getattr(language_model, "norm", None)
+        if norm is None:
+            raise ValueError(f"Cannot find the final norm of {type(language_model).__name__} (expected `.norm`).")
+        return norm
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        """The language model's decoder layers, first to last."""
+        return self.language_model(model).layers
+
+    def image_token_id(self, config: Any) -> int:
+        token_id = getattr(config, "image_token_id", None)
+        if token_id is None:
+            token_id = getattr(config, "image_token_index", None)
+        if token_id is None:
+            raise ValueError(f"{type(config).__name__} has no `image_token_id`.")
+        return int(token_id)
+
+    def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
+        """Per batch row, the image tokens' positions and each image's patch grid.
+
+        Args:
+            config: the model's `PretrainedConfig`.
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): the prompt.
+            model_kwargs: what the processor returned besides `input_ids` (`image_sizes`, `image_grid_thw`, ...).
+        """
+        raise NotImplementedError
+
+    # Helpers for subclasses -------------------------------------------------------------------
+    @staticmethod
+    def image_token_positions(input_ids: torch.Tensor, token_ids: int | list[int]) -> list[torch.Tensor]:
+        """Per row, the positions of tokens equal to `token_ids` (`(batch, seq)` -> list of `(n_row,)`)."""
+        ids = torch.as_tensor(token_ids if isinstance(token_ids, list) else [token_ids], device=input_ids.device)
+        mask = torch.isin(input_ids, ids)
+        return [row.nonzero().flatten().cpu() for row in mask]

@@ -1,0 +1,124 @@
+"""What FastRM returns: relevancy maps and confidence per generated token, and views per image grid."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+
+from .architectures.base import RowImageLayout
+
+
+class RelevancyMixin:
+    """Methods shared by [`FastRMResult`] and the `generate()` outputs carrying relevancy.
+
+    Fields (set by the subclasses):
+        relevancy (`torch.FloatTensor` of shape `(batch, new_tokens, image_tokens)`): relevance in [0, 1] of each
+            image token (in prompt order, all images of the row) for each generated token. NaN for padding image
+            slots (rows with fewer image tokens) and for tokens after a row's end of sequence.
+        confidence (`torch.FloatTensor` of shape `(batch, new_tokens)`): 1 - normalised entropy of each map; NaN
+            where `token_mask` is False.
+        sequence_confidence (`torch.FloatTensor` of shape `(batch,)`): mean confidence over the generated,
+            non-special tokens of each row.
+        token_mask (`torch.BoolTensor` of shape `(batch, new_tokens)`): True for tokens that were generated (up to
+            and including the row's end-of-sequence token).
+        image_token_mask (`torch.BoolTensor` of shape `(batch, image_tokens)`): True for real image tokens.
+        image_layouts (`list[RowImageLayout]`): per row, the image tokens' positions and each image's grid.
+    """
+
+    relevancy: torch.Tensor | None
+    image_layouts: list[RowImageLayout] | None
+
+    def relevancy_maps(self, batch_index: int | None = None) -> list[list[torch.Tensor]] | list[torch.Tensor]:
+        """Maps reshaped onto each image's patch grid, ready to overlay.
+
+        Args:
+            batch_index (`int`, *optional*): a single row; all rows when omitted.
+
+        Returns:
+            For one row, a list with one `torch.Tensor` of shape `(new_tokens, height, width)` per image (NaN in
+            cells no token covers); for all rows, a list of such lists.
+        """
+        if self.relevancy is None or self.image_layouts is None:
+            raise ValueError("No relevancy was computed: call generate(..., return_relevancy=True).")
+        rows = range(len(self.image_layouts)) if batch_index is None else [batch_index]
+        maps = []
+        for row in rows:
+            row_maps = []
+            for grid in self.image_layouts[row].image_grids:
+                grid = grid.to(self.relevancy.device)
+                picked = self.relevancy[row][:, grid.clamp(min=0)]
+                row_maps.append(picked.masked_fill(grid < 0, math.nan))
+            maps.append(row_maps)
+        return maps[0] if batch_index is not None else maps
+
+
+@dataclass
+class FastRMResult(RelevancyMixin):
+    """Relevancy and confidence of one `generate()` call (see [`RelevancyMixin`] for the fields)."""
+
+    relevancy: torch.Tensor
+    confidence: torch.Tensor
+    sequence_confidence: torch.Tensor
+    token_mask: torch.Tensor
+    image_token_mask: torch.Tensor
+    image_layouts: list[RowImageLayout] = field(default_factory=list)
+    method: str = "fastrm"
+    """``"fastrm"`` for the head's maps, ``"gradient"`` for the teacher's."""
+
+    def to(self, device: str | torch.device) -> FastRMResult:
+        return FastRMResult(
+            relevancy=self.relevancy.to(device),
+            confidence=self.confidence.to(device),
+            sequence_confidence=self.sequence_confidence.to(device),
+            token_mask=self.token_mask.to(device),
+            image_token_mask=self.image_token_mask.to(device),
+            image_layouts=self.image_layouts,
+            method=self.method,
+        )
+
+
+@dataclass
+class FastRMGenerateDecoderOnlyOutput(GenerateDecoderOnlyOutput, RelevancyMixin):
+    """[`~transformers.generation.GenerateDecoderOnlyOutput`] plus FastRM's fields (see [`RelevancyMixin`])."""
+
+    relevancy: torch.FloatTensor | None = None
+    confidence: torch.FloatTensor | None = None
+    sequence_confidence: torch.FloatTensor | None = None
+    token_mask: torch.BoolTensor | None = None
+    image_token_mask: torch.BoolTensor | None = None
+    image_layouts: list[RowImageLayout] | None = None
+
+
+@dataclass
+class FastRMGenerateBeamDecoderOnlyOutput(GenerateBeamDecoderOnlyOutput, RelevancyMixin):
+    """[`~transformers.generation.GenerateBeamDecoderOnlyOutput`] plus FastRM's fields; maps follow the
+    returned beams through `beam_indices`."""
+
+    relevancy: torch.FloatTensor | None = None
+    confidence: torch.FloatTensor | None = None
+    sequence_confidence: torch.FloatTensor | None = None
+    token_mask: torch.BoolTensor | None = None
+    image_token_mask: torch.BoolTensor | None = None
+    image_layouts: list[RowImageLayout] | None = None
+
+
+def attach_result(outputs: GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput, result: FastRMResult):
+    """Returns `outputs` as the matching FastRM output class carrying `result`'s fields."""
+    cls = (
+        FastRMGenerateBeamDecoderOnlyOutput
+        if isinstance(outputs, GenerateBeamDecoderOnlyOutput)
+        else FastRMGenerateDecoderOnlyOutput
+    )
+    fields = {key: getattr(outputs, key) for key in outputs.__dataclass_fields__}
+    return cls(
+        **fields,
+        relevancy=result.relevancy,
+        confidence=result.confidence,
+        sequence_confidence=result.sequence_confidence,
+        token_mask=result.token_mask,
+        image_token_mask=result.image_token_mask,
+        image_layouts=result.image_layouts,
+    )

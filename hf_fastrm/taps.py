@@ -1,0 +1,164 @@
+"""Forward hooks that tap the language model's last hidden states during generation.
+
+Never ``output_hidden_states=True``: that keeps every layer of every step. Two hooks do the job:
+
+* a forward pre-hook on the top-level model sees each call's ``input_ids`` (and processor outputs such as
+  ``image_grid_thw``); a call with more than one new token is a prefill, whose image layout the family adapter
+  computes;
+* a forward hook on the language model's final norm (what ``lm_head`` reads) keeps the newest position's state
+  and, at prefill, the image tokens' states, which it turns into the head's keys at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .architectures import ArchitectureAdapter, RowImageLayout
+
+
+class HiddenStateTap:
+    """Records what a FastRM head needs from each forward pass of a generating model.
+
+    Args:
+        model (`nn.Module`): the top-level model `generate()` runs on.
+        adapter ([`ArchitectureAdapter`]): the model family's adapter.
+        on_prefill (`Callable[[torch.Tensor], torch.Tensor]`): called once per prefill with the image tokens'
+            last hidden states, shape `(batch, image_tokens, hidden)` (zero-padded); its return value (the head's
+            keys) is kept as `image_features`.
+
+    Attributes after a prefill:
+        layouts (`list[RowImageLayout]`), image_token_mask (`(batch, image_tokens)`), prompt_length (`int`),
+        image_features (whatever `on_prefill` returned), last_state (`(batch, hidden)`, newest position).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: ArchitectureAdapter,
+        on_prefill: Callable[[torch.Tensor], Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.on_prefill = on_prefill
+        self._handles: list[RemovableHandle] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.layouts: list[RowImageLayout] | None = None
+        self.image_token_mask: torch.Tensor | None = None
+        self.prompt_length: int | None = None
+        self.image_features: Any = None
+        self.last_state: torch.Tensor | None = None
+        self.prefill_count = 0
+        self.forward_count = 0
+        self._prompt_ids: torch.Tensor | None = None
+        self._gather_index: torch.Tensor | None = None
+        self._pending_prefill = False
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> HiddenStateTap:
+        if self.attached:
+            return self
+        norm = self.adapter.final_norm(self.model)
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            self._handles.append(norm.register_forward_hook(self._norm_hook))
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def detach(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __enter__(self) -> HiddenStateTap:
+        return self.attach()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    # ------------------------------------------------------------------ hooks
+    def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            if kwargs.get("inputs_embeds") is not None and self.layouts is None:
+                raise ValueError(
+                    "FastRM needs `input_ids` to find the image tokens, but generate() was called with "
+                    "`inputs_embeds` only. Pass the processor's `input_ids` (and pixel values) instead."
+                )
+            return
+        if input_ids.shape[-1] <= 1 or self._continues_current_sequence(input_ids):
+            return
+        layouts = self.adapter.image_layout(self.model.config, input_ids, kwargs)
+        for row, layout in enumerate(layouts):
+            if layout.num_image_tokens == 0:
+                raise ValueError(
+                    f"Row {row} of the prompt holds no image tokens, so there is nothing to explain. Build the prompt "
+                    "with the model's processor from an image and a text holding its image placeholder (for example "
+                    "'<image>' for LLaVA), or generate without relevancy."
+                )
+        num_tokens = max(layout.num_image_tokens for layout in layouts)
+        index = torch.zeros(len(layouts), num_tokens, dtype=torch.long)
+        mask = torch.zeros(len(layouts), num_tokens, dtype=torch.bool)
+        for row, layout in enumerate(layouts):
+            index[row, : layout.num_image_tokens] = layout.image_positions
+            mask[row, : layout.num_image_tokens] = True
+        self.reset()
+        self.layouts = layouts
+        self.prompt_length = int(input_ids.shape[-1])
+        self._prompt_ids = input_ids.detach()
+        self._gather_index = index.to(input_ids.device)
+        self.image_token_mask = mask.to(input_ids.device)
+        self._pending_prefill = True
+
+    def _norm_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        hidden = output[0] if isinstance(output, tuple) else output
+        if self._pending_prefill:
+            self._pending_prefill = False
+            self.prefill_count += 1
+            index = self._gather_index.to(hidden.device)
+            image_states = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            image_states = image_states * self.image_token_mask.to(hidden.device).unsqueeze(-1)
+            image_states = image_states.detach()
+            self.image_features = self.on_prefill(image_states) if self.on_prefill is not None else image_states
+            self._gather_index = None
+        self.last_state = hidden[:, -1].detach()
+        self.forward_count += 1
+
+    def _continues_current_sequence(self, input_ids: torch.Tensor) -> bool:
+        # Without a cache (use_cache=False) every step passes the whole sequence: that is a decoding step of the
+        # current generation, not a new prefill.
+        prompt = self._prompt_ids
+        return (
+            prompt is not None
+            and input_ids.shape[0] == prompt.shape[0]
+            and input_ids.shape[-1] == prompt.shape[-1] + self.forward_count
+            and input_ids.shape[-1] > prompt.shape[-1]
+            and torch.equal(input_ids[:, : prompt.shape[-1]].to(prompt.device), prompt)
+        )
+
+    def take_last_state(self) -> torch.Tensor:
+        """The newest position's last hidden state, `(batch, hidden)`; each forward pass gives one."""
+        if self.last_state is None:
+            raise RuntimeError(
+                "The FastRM tap saw no forward pass of the model before this step. The processor works inside "
+                "generate() of the model it was built with; assisted or speculative decoding is not supported."
+            )
+        state, self.last_state = self.last_state, None
+        return state
+
+
+def nan_fill(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`tensor` with NaN where `mask` is False (broadcasting `mask`)."""
+    return tensor.masked_fill(~mask, math.nan)
