@@ -141,3 +141,102 @@ def tiny_llava_inputs(
         sum(counts), 3, vision.image_size, vision.image_size, generator=generator, dtype=torch.float32
     ).to(model.dtype)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
+
+# ---------------------------------------------------------------------------------------------- benchmark shapes
+BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
+    # 576 image tokens (336 px, 14 px patches) on a mid-size language model: CPU benchmarks.
+    "cpu-mid": {
+        "vision": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4),
+        "text": dict(
+            hidden_size=1024,
+            intermediate_size=2816,
+            num_hidden_layers=8,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            vocab_size=32064,
+        ),
+        "dtype": torch.float32,
+    },
+    # LLaVA-1.5-7B: CLIP ViT-L/14-336 + Llama-2-7B (random weights: cost does not depend on the values).
+    "llava-7b": {
+        "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+        "text": dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            vocab_size=32064,
+        ),
+        "dtype": torch.bfloat16,
+    },
+}
+
+
+def benchmark_llava(preset: str, device: str = "cpu", *, num_layers: int | None = None, seed: int = 0):
+    """A random `LlavaForConditionalGeneration` of a benchmark shape (``"cpu-mid"`` or ``"llava-7b"``), built
+    directly on `device` in the preset's dtype (fast initialisation), with 576 image tokens per image.
+
+    `num_layers` overrides the language model's depth (to try the code path of a big preset on a small machine).
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    spec = BENCHMARK_PRESETS[preset]
+    text = dict(spec["text"], max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if num_layers is not None:
+        text["num_hidden_layers"] = num_layers
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=336, patch_size=14, projection_dim=768, **spec["vision"]),
+        text_config=LlamaConfig(**text),
+        image_token_index=32000,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    config._name_or_path = f"hf-fastrm/random-{preset}"
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(spec["dtype"])
+    try:
+        with torch.device(device):
+            model = LlavaForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.eval().requires_grad_(False)
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 2
+    return model
+
+
+def benchmark_inputs(model, *, text_tokens: int = 41, batch_size: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One 336 px image (576 image tokens) and `text_tokens` text tokens per row, on the model's device."""
+    generator = torch.Generator().manual_seed(seed)
+    config = model.config
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    text = torch.randint(3, 31999, (batch_size, text_tokens), generator=generator)
+    image = torch.full((batch_size, side * side), config.image_token_id)
+    input_ids = torch.cat([text[:, :1].fill_(1), image, text[:, 1:]], dim=1)
+    pixel_values = torch.randn(
+        batch_size, 3, config.vision_config.image_size, config.vision_config.image_size, generator=generator
+    )
+    device = next(model.parameters()).device
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids).to(device),
+        "pixel_values": pixel_values.to(device=device, dtype=model.dtype),
+    }
+
+
+def random_head(model, head_dim: int = 256, seed: int = 0) -> FastRMHead:
+    """A random head of the paper's shape (k=256) for `model`, on the model's device (float32)."""
+    torch.manual_seed(seed)
+    config = model.config
+    head = FastRMHead(
+        FastRMConfig(
+            hidden_size=config.get_text_config().hidden_size,
+            head_dim=head_dim,
+            base_model_name_or_path=config._name_or_path,
+            model_type=config.model_type,
+        )
+    )
+    return head.to(next(model.parameters()).device).eval()

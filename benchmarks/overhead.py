@@ -1,0 +1,127 @@
+"""Cost of FastRM inside generate(): time and peak memory with and without relevancy, as ratios from one run.
+
+    python benchmarks/overhead.py                      # CPU, mid-size random LLaVA (576 image tokens, 1024 x 8 LM)
+    python benchmarks/overhead.py --preset llava-7b --device cuda   # LLaVA-1.5-7B shapes, bf16, on a GPU
+
+Runs alternate (plain, FastRM, plain, ...) so drift hits both equally; times are medians. Peak memory: on CUDA
+`torch.cuda.max_memory_allocated` (reset before each run); on CPU the process's peak resident set (VmHWM), reset
+before each run through /proc/self/clear_refs, so both modes are measured in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_fastrm import FastRMWrapper
+from hf_fastrm.testing_utils import benchmark_inputs, benchmark_llava, random_head
+
+
+class PeakMemory:
+    """Peak memory of a region: CUDA allocator peak, or the process's peak RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+
+    def read(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu-mid", choices=["cpu-mid", "llava-7b"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--num-layers", type=int, default=None, help="override the LM depth (smoke tests)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    model = benchmark_llava(args.preset, args.device, num_layers=args.num_layers)
+    head = random_head(model)
+    wrapper = FastRMWrapper(model, head)
+    inputs = benchmark_inputs(model)
+    kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
+    memory = PeakMemory(device)
+
+    def run(relevancy: bool) -> tuple[float, int, torch.Tensor]:
+        memory.reset()
+        start = time.perf_counter()
+        if relevancy:
+            out = wrapper.generate(**inputs, **kwargs, return_relevancy=True)
+            sequences = out.sequences
+        else:
+            sequences = model.generate(**inputs, **kwargs)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, memory.read(), sequences
+
+    run(False), run(True)  # warm-up (allocator, kernels)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    peaks: dict[bool, list[int]] = {False: [], True: []}
+    for _ in range(args.repeats):
+        sequences = {}
+        for relevancy in (False, True):
+            elapsed, peak, sequences[relevancy] = run(relevancy)
+            times[relevancy].append(elapsed)
+            peaks[relevancy].append(peak)
+        assert torch.equal(sequences[False], sequences[True]), "tokens differ with FastRM"
+
+    figures = {
+        "preset": args.preset,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "image_tokens": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+        "prompt_tokens": int(inputs["input_ids"].shape[1]),
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "plain_time_s": statistics.median(times[False]),
+        "fastrm_time_s": statistics.median(times[True]),
+        "plain_peak_bytes": statistics.median(peaks[False]),
+        "fastrm_peak_bytes": statistics.median(peaks[True]),
+    }
+    figures["time_ratio"] = figures["fastrm_time_s"] / figures["plain_time_s"]
+    figures["memory_ratio"] = figures["fastrm_peak_bytes"] / figures["plain_peak_bytes"]
+    gib = 1024**3
+    print(
+        f"FastRM overhead: {args.preset} on {figures['device']}, {figures['image_tokens']} image tokens, "
+        f"{figures['prompt_tokens']} prompt tokens, {args.new_tokens} new tokens, median of {args.repeats}"
+    )
+    print(f"{'':14}{'time (s)':>10}{'peak (GiB)':>12}")
+    print(f"{'plain':14}{figures['plain_time_s']:>10.3f}{figures['plain_peak_bytes'] / gib:>12.3f}")
+    print(f"{'with FastRM':14}{figures['fastrm_time_s']:>10.3f}{figures['fastrm_peak_bytes'] / gib:>12.3f}")
+    print(
+        f"{'ratio':14}{figures['time_ratio']:>10.4f}{figures['memory_ratio']:>12.4f}"
+        "   (goals: time <= 1.02, memory <= 1.005)"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
