@@ -240,3 +240,51 @@ def random_head(model, head_dim: int = 256, seed: int = 0) -> FastRMHead:
         )
     )
     return head.to(next(model.parameters()).device).eval()
+
+
+TINY_WORDS: tuple[str, ...] = (
+    "what", "colour", "shape", "is", "the", "a", "of", "in", "on", "which", "side", "corner", "object", "circle",
+    "square", "triangle", "cross", "red", "green", "blue", "yellow", "purple", "left", "right", "top", "bottom",
+    "none", "image", "describe", "?", ".", ",",
+)  # fmt: skip
+"""Words of the tiny tokenizer (ids 3, 4, ...); the remaining ids up to the image token are ``w<id>``."""
+
+
+def tiny_llava_processor(image_size: int = 8, patch_size: int = 2, chat_template: str | None = None):
+    """A `LlavaProcessor` for [`tiny_llava`]: a word-level tokenizer over its 99 ids (``<pad>`` 0, ``<s>`` 1,
+    ``</s>`` 2, `TINY_WORDS`, filler words ``w<id>``, ``<image>`` 98) and a CLIP image processor (PIL backend) that
+    resizes and centre-crops to `image_size`. Built offline; `save_pretrained` / `AutoProcessor` round-trip it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlavaProcessor, PreTrainedTokenizerFast
+
+    try:
+        from transformers import CLIPImageProcessorPil as image_processor_class
+    except ImportError:  # transformers releases without separate image-processor backends
+        from transformers import CLIPImageProcessor as image_processor_class
+
+    words = ["<pad>", "<s>", "</s>", *TINY_WORDS]
+    words += [f"w{index}" for index in range(len(words), TINY_IMAGE_TOKEN_ID)] + ["<image>"]
+    vocab = {word: index for index, word in enumerate(words)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=f"w{TINY_IMAGE_TOKEN_ID - 1}"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token=f"w{TINY_IMAGE_TOKEN_ID - 1}",
+        extra_special_tokens={"image_token": "<image>"},
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    image_processor = image_processor_class(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_template,
+    )

@@ -1,0 +1,293 @@
+"""`hf-fastrm explain`: answer a question about an image and show what each answer token looked at.
+
+With no arguments it works offline: it draws a synthetic scene, asks a question about it, answers with the toy model
+and FastRM head shipped inside the package, and writes a PNG overlay per answer token, ``report.html`` and
+``report.json``. With ``--image``, ``--prompt``, ``--model`` and ``--head`` it does the same for any supported model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any
+
+_EPILOG = """examples:
+  hf-fastrm explain                                  # shipped toy model and head, a scene drawn with --seed 0
+  hf-fastrm explain --seed 7 --teacher               # another scene; the teacher's gradient maps beside FastRM's
+  hf-fastrm explain --image cat.jpg --prompt "What is on the sofa?" \\
+      --model llava-hf/llava-1.5-7b-hf --head org/fastrm-llava-1.5-7b --dtype bfloat16 --device cuda
+"""
+
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="answer a question about an image; write per-token relevancy overlays, an HTML and a JSON report",
+        description=(
+            "Answers a question about an image and writes, for every answer token, its relevancy map over the\n"
+            "image (PNG), a self-contained HTML report (click a token to see its map) and a JSON report.\n"
+            "Without --model it uses the toy model and head shipped in the package on a synthetic scene\n"
+            "(works offline)."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_argument_group("what to explain")
+    source.add_argument("--image", help="image file (default: a synthetic scene drawn with --seed)")
+    source.add_argument("--prompt", help="the question (default: a question drawn about the synthetic scene)")
+    source.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene and question (default: 0)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", help="Hub id or folder of a vision-language model (default: the shipped toy model)")
+    model.add_argument(
+        "--head", help="Hub id or folder of its FastRM head (default: the shipped head, with the toy model)"
+    )
+    model.add_argument("--revision", help="model revision on the Hub (branch, tag or commit)")
+    model.add_argument("--dtype", choices=_DTYPES, default="auto", help="bfloat16 on GPU, float32 on CPU by default")
+    model.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps, ... (default: cuda if available)")
+    model.add_argument(
+        "--no-check-base-model",
+        action="store_true",
+        help="use the head even though its base model's name differs from the model's (a renamed copy)",
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument("--output-dir", default="fastrm_outputs", help="where to write (default: fastrm_outputs/)")
+    output.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
+    output.add_argument(
+        "--teacher", action="store_true", help="also compute gradient relevancy maps (slower) and show them beside"
+    )
+    output.add_argument("--colormap", default="jet", help="jet, turbo, viridis or inferno (default: jet)")
+    output.add_argument("--alpha", type=float, default=0.5, help="opacity of the maps over the image (default: 0.5)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except CommandError as error:
+        print(f"hf-fastrm explain: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise CommandError(f"--device {name!r} is not a device name ({error}).") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda was asked for but this PyTorch sees no CUDA GPU; use --device cpu.")
+    return device
+
+
+def _resolve_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _load_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise CommandError(f"--image {path!r}: no such file.")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise CommandError(f"--image {path!r} is not an image PIL can read ({error}).") from error
+
+
+def _load_head(name_or_path: str, device):
+    from ..head import FastRMHead
+
+    try:
+        return FastRMHead.from_pretrained(name_or_path, device=device)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"Could not load the FastRM head {name_or_path!r}: {error}") from error
+
+
+def _load_toy(args: argparse.Namespace, device) -> tuple[Any, Any, Any, str, str | None]:
+    """The shipped model, processor and head (or the --head given), with their names for the report."""
+    try:
+        from .. import toy
+    except ImportError as error:  # pragma: no cover - the toy package ships with hf_fastrm
+        raise CommandError(f"The shipped toy model's code is missing from this installation ({error}).") from error
+    if not toy.default_model_available():
+        raise CommandError(
+            f"The shipped toy model is not in this installation (expected in {toy.DEFAULT_MODEL_DIR}). Reinstall "
+            "hf_fastrm from a release or a full clone, or build it: `python -m hf_fastrm.toy.train` writes it there "
+            "(a few minutes on one GPU). Or explain another model: --image, --prompt, --model and --head."
+        )
+    try:
+        model = toy.load_default_model(device=device)
+        processor = toy.load_default_processor()
+    except (FileNotFoundError, OSError) as error:
+        raise CommandError(str(error)) from error
+    if args.head:
+        return model, processor, _load_head(args.head, device), toy.DEFAULT_MODEL_DIR, args.head
+    loader = getattr(toy, "load_default_head", None)
+    head_dir = toy.DEFAULT_HEAD_DIR
+    try:
+        if loader is not None:
+            head = loader(device=device)
+        else:
+            from ..constants import CONFIG_NAME
+
+            if not os.path.isfile(os.path.join(head_dir, CONFIG_NAME)):
+                raise FileNotFoundError(f"no FastRM head in {head_dir}")
+            head = _load_head(head_dir, device)
+    except FileNotFoundError as error:
+        if not args.teacher:
+            raise CommandError(
+                f"The shipped FastRM head is not in this installation ({error}). Reinstall hf_fastrm from a "
+                "release or a full clone, or distil it for the toy model (see docs/toy-model.md); meanwhile "
+                "--teacher shows the gradient maps alone."
+            ) from error
+        head = None
+    return model, processor, head, toy.DEFAULT_MODEL_DIR, head_dir if head is not None else None
+
+
+def _load_model(args: argparse.Namespace, device, dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs = {"revision": args.revision} if args.revision else {}
+    try:
+        processor = AutoProcessor.from_pretrained(args.model, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"Could not load the model {args.model!r}: {error}") from error
+    return model.to(device).eval(), processor
+
+
+def _scene_question(seed: int):
+    from ..toy.scenes import ask_question, draw_scene
+
+    scene = draw_scene(seed)
+    return scene, ask_question(scene, seed)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from ..architectures import supported_model_types
+    from ..viz import OverlayStyle, explain
+    from ..viz.overlay import COLORMAPS
+
+    if args.max_new_tokens < 1:
+        raise CommandError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.colormap not in COLORMAPS:
+        raise CommandError(f"--colormap {args.colormap!r} is unknown; choose one of {', '.join(COLORMAPS)}.")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}.")
+    if args.image and not args.prompt:
+        raise CommandError("--image needs --prompt (the question to ask about it).")
+    if args.model and not args.head and not args.teacher:
+        raise CommandError(
+            "--model needs --head (a FastRM head folder or Hub id trained for that model), or --teacher to show "
+            "gradient relevancy maps alone."
+        )
+    image = _load_image(args.image) if args.image else None
+    device = _resolve_device(args.device)
+    dtype = _resolve_dtype(args.dtype, device)
+
+    metadata: dict[str, Any] = {}
+    scene = question = None
+    if image is None:
+        scene, question = _scene_question(args.seed)
+        image = scene.image
+        metadata.update(
+            seed=args.seed,
+            question_kind=question.kind,
+            expected_answer=question.answer,
+            target_box=list(question.target_object.box) if question.target_object is not None else None,
+        )
+    prompt = args.prompt or question.text
+    if prompt != getattr(question, "text", None):
+        metadata.pop("expected_answer", None)
+
+    if args.model:
+        model, processor = _load_model(args, device, dtype)
+        head = _load_head(args.head, device) if args.head else None
+        model_id, head_id = args.model, args.head
+    else:
+        model, processor, head, model_id, head_id = _load_toy(args, device)
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in supported_model_types():
+        raise CommandError(
+            f"Model type {model_type!r} is not supported; supported: {', '.join(supported_model_types())}. "
+            "Add one with hf_fastrm.register_architecture."
+        )
+
+    hf_logging.set_verbosity_error()  # keep the summary readable; errors still show
+    try:
+        report = explain(
+            model,
+            processor,
+            image,
+            prompt,
+            head=head,
+            output_dir=args.output_dir,
+            max_new_tokens=args.max_new_tokens,
+            teacher=args.teacher,
+            model_id=model_id,
+            head_id=head_id,
+            metadata=metadata,
+            style=OverlayStyle(colormap=args.colormap, alpha=args.alpha),
+            check_base_model=not args.no_check_base_model,
+        )
+    except ValueError as error:  # e.g. a head made for another model
+        raise CommandError(str(error)) from error
+    _print_summary(report, model_id, head_id)
+    return 0
+
+
+def _format_confidence(value: float | None) -> str:
+    return "  n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def _print_summary(report: Any, model_id: str, head_id: str | None) -> None:
+    expected = report.metadata.get("expected_answer")
+    print(f"Model:    {model_id}")
+    print(f"Head:     {head_id or 'none (gradient relevancy maps)'}")
+    print(f"Question: {report.prompt}")
+    verdict = ""
+    if expected is not None:
+        verdict = f"   (expected: {expected}, {'right' if report.answer == expected else 'wrong'})"
+    print(f"Answer:   {report.answer}{verdict}")
+    print("Tokens:")
+    width = max([len(repr(text)) for text in report.tokens] + [5])
+    for index, (text, special, confidence) in enumerate(
+        zip(report.tokens, report.special, report.confidence.tolist(), strict=True)
+    ):
+        line = f"  {index:3d}  {text!r:<{width}}  confidence {_format_confidence(confidence)}"
+        if report.has_teacher:
+            line += f"   teacher {_format_confidence(float(report.teacher_confidence[index]))}"
+        if special:
+            line += "   (special, not counted)"
+        print(line)
+    line = f"Sequence confidence: {_format_confidence(report.sequence_confidence)}"
+    if report.has_teacher:
+        line += f"   teacher {_format_confidence(report.teacher_sequence_confidence)}"
+    print(line)
+    paths = report.paths
+    overlays = [path for row in paths.overlays for path in row]
+    print(
+        f"Overlays: {len(overlays)} PNG files in {paths.output_dir}" + (f" ({overlays[0]}, ...)" if overlays else "")
+    )
+    if paths.teacher_overlays:
+        print(f"Teacher overlays: {sum(len(row) for row in paths.teacher_overlays)} PNG files")
+    print(f"HTML:     {paths.html}")
+    print(f"JSON:     {paths.json}")
