@@ -337,9 +337,8 @@ def test_report_refuses_inconsistent_fields(report):
 
 def test_explain_with_teacher(model, processor, head, tmp_path):
     pytest.importorskip("hf_fastrm.teacher")
-    eager = tiny_llava(seed=0, attn_implementation="eager")
     report = explain(
-        eager,
+        model,
         processor,
         _scene(),
         PROMPT,
@@ -350,6 +349,12 @@ def test_explain_with_teacher(model, processor, head, tmp_path):
         min_new_tokens=3,
     )
     assert report.has_teacher and report.teacher_maps[0].shape == report.maps[0].shape
+    # The teacher's maps are those the wrapper's gradient mode gives for the same generation.
+    inputs = processor(images=[_scene()], text=build_prompt(processor, PROMPT, 1), return_tensors="pt")
+    gradient = FastRMWrapper(model).generate(
+        **inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, return_relevancy="gradient"
+    )
+    torch.testing.assert_close(report.teacher_maps[0], gradient.relevancy_maps(0)[0][: report.num_tokens].float())
     assert len(report.paths.teacher_overlays) == report.num_tokens
     html_text = Path(report.paths.html).read_text(encoding="utf-8")
     assert len(_html_data(html_text)["overlays"]["teacher"]) == report.num_tokens
@@ -397,6 +402,16 @@ def test_cli_with_explicit_model_and_head(saved_model, model, processor, head, t
     assert [token["id"] for token in data["tokens"]] == direct.token_ids
     assert _equal_nan(load_json_report(output_dir / "report.json").maps[0], direct.maps[0])
     assert data["model"] == str(model_dir) and data["head"]["id"] == str(head_dir)
+
+
+def test_cli_gradient_maps_without_a_head(saved_model, tmp_path, capsys):
+    pytest.importorskip("hf_fastrm.teacher")
+    model_dir, _, image_path = saved_model
+    argv = ["--image", str(image_path), "--prompt", PROMPT, "--model", str(model_dir), "--teacher"]
+    assert _cli(*argv, "--max-new-tokens", "3", "--output-dir", str(tmp_path)) == 0
+    data = json.loads(Path(tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert data["method"] == "gradient" and data["head"] is None and data["teacher"] is None
+    assert "none (gradient relevancy maps)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
