@@ -460,14 +460,20 @@ def test_cli_without_arguments_uses_the_shipped_model(monkeypatch, model, proces
     monkeypatch.chdir(tmp_path)
     assert _cli("--seed", "3", "--max-new-tokens", "3") == 0
     printed = capsys.readouterr().out
-    from hf_fastrm.toy.scenes import ask_question, draw_scene
+    from hf_fastrm.toy.scenes import ask_question, draw_scene, example_rng
 
-    question = ask_question(draw_scene(3), 3)
+    rng = example_rng("explain", 3)
+    question = ask_question(draw_scene(rng), rng, present=True)
     data = json.loads(Path(tmp_path / "fastrm_outputs" / "report.json").read_text(encoding="utf-8"))
     assert data["prompt"] == question.text and f"Question: {question.text}" in printed
     assert data["metadata"]["expected_answer"] == question.answer and f"expected: {question.answer}" in printed
     assert data["metadata"]["seed"] == 3
     assert (tmp_path / "fastrm_outputs" / "report.html").is_file()
+    # --absent asks about a missing object; --kind picks the question.
+    assert _cli("--seed", "3", "--max-new-tokens", "2", "--absent", "--kind", "shape", "--output-dir", "absent") == 0
+    data = json.loads(Path(tmp_path / "absent" / "report.json").read_text(encoding="utf-8"))
+    assert data["metadata"]["expected_answer"] == "none" and data["metadata"]["question_kind"] == "shape"
+    assert data["metadata"]["target_box"] is None
 
 
 def test_cli_without_assets_says_how_to_build_them(monkeypatch, tmp_path, capsys):

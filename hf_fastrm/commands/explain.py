@@ -44,6 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--image", help="image file (default: a synthetic scene drawn with --seed)")
     source.add_argument("--prompt", help="the question (default: a question drawn about the synthetic scene)")
     source.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene and question (default: 0)")
+    source.add_argument(
+        "--kind",
+        choices=("colour", "shape", "side", "corner"),
+        help="kind of question about the synthetic scene (default: drawn with --seed)",
+    )
+    source.add_argument(
+        "--absent", action="store_true", help="ask about an object the synthetic scene does not hold (answer: none)"
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="Hub id or folder of a vision-language model (default: the shipped toy model)")
     model.add_argument(
@@ -172,11 +180,18 @@ def _load_model(args: argparse.Namespace, device, dtype) -> tuple[Any, Any]:
     return model.to(device).eval(), processor
 
 
-def _scene_question(seed: int):
-    from ..toy.scenes import ask_question, draw_scene
+SCENE_STREAM = "explain"
+"""Name of the stream of seeded examples (`hf_fastrm.toy.scenes.example_rng`) that `--seed` indexes."""
 
-    scene = draw_scene(seed)
-    return scene, ask_question(scene, seed)
+
+def scene_and_question(seed: int, kind: str | None = None, absent: bool = False):
+    """The synthetic scene and question of `--seed` (one generator draws both): about an object in the scene, or,
+    with `absent`, about one that is not there (expected answer "none")."""
+    from ..toy.scenes import ask_question, draw_scene, example_rng
+
+    rng = example_rng(SCENE_STREAM, seed)
+    scene = draw_scene(rng)
+    return scene, ask_question(scene, rng, kind, present=not absent)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -206,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
     metadata: dict[str, Any] = {}
     scene = question = None
     if image is None:
-        scene, question = _scene_question(args.seed)
+        scene, question = scene_and_question(args.seed, args.kind, args.absent)
         image = scene.image
         metadata.update(
             seed=args.seed,
