@@ -474,14 +474,28 @@ def test_cli_without_arguments_uses_the_shipped_model(monkeypatch, model, proces
     data = json.loads(Path(tmp_path / "absent" / "report.json").read_text(encoding="utf-8"))
     assert data["metadata"]["expected_answer"] == "none" and data["metadata"]["question_kind"] == "shape"
     assert data["metadata"]["target_box"] is None
+    # A toy package that offers load_default_head() is used through it.
+    monkeypatch.setattr(toy, "DEFAULT_HEAD_DIR", str(tmp_path / "no-such-head"))
+    monkeypatch.setattr(toy, "load_default_head", lambda: head, raising=False)
+    assert _cli("--max-new-tokens", "2", "--output-dir", "via-loader") == 0
+    assert (tmp_path / "via-loader" / "report.json").is_file()
 
 
-def test_cli_without_assets_says_how_to_build_them(monkeypatch, tmp_path, capsys):
+def test_cli_without_assets_says_how_to_build_them(monkeypatch, model, processor, tmp_path, capsys):
     toy = pytest.importorskip("hf_fastrm.toy")
     monkeypatch.setattr(toy, "default_model_available", lambda: False)
     assert _cli("--output-dir", str(tmp_path)) == 2
     error = capsys.readouterr().err
     assert "python -m hf_fastrm.toy.train" in error and "--model and --head" in error
+    # The model is there but not its head.
+    monkeypatch.setattr(toy, "default_model_available", lambda: True)
+    monkeypatch.setattr(toy, "load_default_model", lambda device=None, **kwargs: model)
+    monkeypatch.setattr(toy, "load_default_processor", lambda: processor)
+    monkeypatch.setattr(toy, "DEFAULT_HEAD_DIR", str(tmp_path / "no-such-head"))
+    monkeypatch.delattr(toy, "load_default_head", raising=False)
+    assert _cli("--output-dir", str(tmp_path)) == 2
+    assert "shipped FastRM head is not in this installation" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()
 
 
 def test_cli_on_the_shipped_model(tmp_path, capsys):

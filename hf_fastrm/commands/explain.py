@@ -150,7 +150,7 @@ def _load_toy(args: argparse.Namespace, device) -> tuple[Any, Any, Any, str, str
     head_dir = toy.DEFAULT_HEAD_DIR
     try:
         if loader is not None:
-            head = loader(device=device)
+            head = loader().to(device)
         else:
             from ..constants import CONFIG_NAME
 
