@@ -199,6 +199,74 @@ def test_two_images_give_two_grids(model, processor, head, tmp_path):
     )
 
 
+def test_llava_next_tiles_and_base_grids_lie_over_the_whole_image(tmp_path):
+    """LLaVA-NeXT gives two grids per image (the base view and the tiles); both are drawn over the whole image."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from hf_fastrm.testing_utils import TINY_IMAGE_TOKEN_ID, tiny_llava_config
+
+    pinpoints = [[8, 16], [16, 8], [16, 16]]
+    base = tiny_llava_config()
+    config = LlavaNextConfig(
+        vision_config=base.vision_config,
+        text_config=base.text_config,
+        image_token_index=TINY_IMAGE_TOKEN_ID,
+        image_grid_pinpoints=pinpoints,
+        vision_feature_layer=-1,
+    )
+    config._name_or_path = "hf-fastrm/tiny-llava-next"
+    torch.manual_seed(0)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}, image_grid_pinpoints=pinpoints
+        ),
+        tokenizer=tiny_llava_processor().tokenizer,
+        patch_size=2,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    image = _scene(30, 10)
+    report = explain(
+        model, processor, image, PROMPT, head=tiny_head(model), output_dir=tmp_path, max_new_tokens=2, min_new_tokens=2
+    )
+    assert report.grid_labels == ["image 0 base", "image 0 tiles"] and report.grid_images == [0, 0]
+    assert report.images[0].size == image.size  # any-resolution: no crop
+    assert report.maps[0].shape[1:] == (4, 4) and report.maps[1].shape[1] < report.maps[1].shape[2]
+    names = [os.path.basename(path) for path in report.paths.overlays[0]]
+    assert names == [
+        f"{names[0].split('_image')[0]}_image-0-base.png",
+        f"{names[0].split('_image')[0]}_image-0-tiles.png",
+    ]
+    data = _html_data(Path(report.paths.html).read_text(encoding="utf-8"))
+    assert [len(row) for row in data["overlays"]["fastrm"]] == [2] * report.num_tokens
+
+
+def test_video_grids_are_kept_in_json_but_not_drawn(report, tmp_path):
+    video = torch.rand(report.num_tokens, 2, 3, 3)
+    mixed = ExplanationReport(
+        prompt=PROMPT,
+        answer=report.answer,
+        token_ids=report.token_ids,
+        tokens=report.tokens,
+        special=report.special,
+        confidence=report.confidence,
+        sequence_confidence=report.sequence_confidence,
+        maps=[video, report.maps[0]],
+        grid_labels=["video 0", "image 0"],
+        images=report.images,
+    )
+    assert mixed.grid_images == [-1, 0] and mixed.drawn_grids == [1]
+    paths = mixed.save(tmp_path)
+    assert all(len(row) == 1 for row in paths.overlays)
+    data = _html_data(Path(paths.html).read_text(encoding="utf-8"))
+    assert [len(row) for row in data["overlays"]["fastrm"]] == [1] * report.num_tokens
+    loaded = load_json_report(paths.json)
+    assert loaded.grid_labels == ["video 0", "image 0"] and loaded.grid_images == [-1, 0]
+    assert _equal_nan(loaded.maps[0], video) and _equal_nan(loaded.maps[1], report.maps[0])
+
+
 # ---------------------------------------------------------------------------------------------------- files
 def test_one_png_per_token(report):
     paths = report.paths

@@ -51,12 +51,13 @@ def model_view(image: Image.Image, image_processor: Any) -> Image.Image:
     """The region of `image` that the model sees, so a map covering the model's patch grid lines up with it.
 
     CLIP-style processors (LLaVA 1.5) resize the shorter side and crop the centre; LLaVA's own processor may first
-    pad to a square. Other processors (dynamic resolution: Qwen2-VL, ...) keep the whole image.
+    pad to a square. Any-resolution processors (LLaVA-NeXT tiles: ``image_grid_pinpoints``) and dynamic-resolution
+    ones (Qwen2-VL, ...) keep the whole image.
     """
     image = image.convert("RGB")
-    if image_processor is None:
+    if image_processor is None or getattr(image_processor, "image_grid_pinpoints", None):
         return image
-    if getattr(image_processor, "do_pad", False) and "Llava" in type(image_processor).__name__:
+    if getattr(image_processor, "do_pad", False) and type(image_processor).__name__.startswith("LlavaImageProcessor"):
         side = max(image.size)
         mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
         background = tuple(round(255 * float(channel)) for channel in mean)

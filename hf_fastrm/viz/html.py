@@ -175,12 +175,14 @@ def render_html_report(
     methods = [("fastrm" if report.method == "fastrm" else "gradient", report.maps)]
     if report.has_teacher:
         methods.append(("teacher", report.teacher_maps))
-    grid_images = [report.images[index] for index in report.grid_images]
+    drawn = report.drawn_grids
+    if not drawn:
+        raise ValueError("None of the report's grids lies over an image (videos only): nothing to draw.")
     overlays = {
         method: [
             [
-                _data_uri(style.draw(image, grids[index]), image_format)
-                for image, grids in zip(grid_images, maps, strict=True)
+                _data_uri(style.draw(report.images[report.grid_images[grid]], maps[grid][index]), image_format)
+                for grid in drawn
             ]
             for index in range(report.num_tokens)
         ]
@@ -238,13 +240,14 @@ def render_html_report(
 
     panels = []
     captions = {"fastrm": "FastRM", "gradient": "Gradient relevancy", "teacher": "Teacher (gradient relevancy)"}
-    for grid_index, image_index in enumerate(report.grid_images):
+    for slot, grid_index in enumerate(drawn):
+        image_index = report.grid_images[grid_index]
         for method, _ in methods:
-            source = overlays[method][initial][grid_index] if initial >= 0 else data["images"][image_index]
-            caption = captions[method] + (f" \u00b7 {report.grid_labels[grid_index]}" if report.num_grids > 1 else "")
+            source = overlays[method][initial][slot] if initial >= 0 else data["images"][image_index]
+            caption = captions[method] + (f" \u00b7 {report.grid_labels[grid_index]}" if len(drawn) > 1 else "")
             panels.append(
-                f'<figure><figcaption>{esc(caption)}</figcaption><img class="view" id="view-{method}-{grid_index}" '
-                f'data-method="{method}" data-grid="{grid_index}" data-image="{image_index}" data-token="{initial}" '
+                f'<figure><figcaption>{esc(caption)}</figcaption><img class="view" id="view-{method}-{slot}" '
+                f'data-method="{method}" data-grid="{slot}" data-image="{image_index}" data-token="{initial}" '
                 f'alt="{esc(caption)} relevancy map" src="{source}"></figure>'
             )
 

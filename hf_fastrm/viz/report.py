@@ -102,7 +102,8 @@ class ExplanationReport:
         maps (`list[torch.Tensor]`): per patch grid, a `(tokens, h, w)` tensor of relevance (NaN: no image token
             there). Most families have one grid per image; some have several (LLaVA-NeXT: the tiles and the base).
         grid_labels (`list[str]`): per grid, what it shows (``"image 0"``, ``"image 0 tiles"``, ...).
-        grid_images (`list[int]`): per grid, the index of the image it lies over.
+        grid_images (`list[int]`): per grid, the index of the image it lies over (-1 for a video's grid, which
+            is kept in the JSON but not drawn).
         images (`list[PIL.Image.Image]`): per image, the region the model saw (after the processor's crop); empty for
             a report read back from JSON.
         method (`str`): ``"fastrm"`` (the head's maps) or ``"gradient"`` (the teacher's).
@@ -159,7 +160,7 @@ class ExplanationReport:
             raise ValueError(
                 f"{len(self.maps)} maps but {len(self.grid_labels)} grid labels and {len(self.grid_images)} grid images."
             )
-        if self.images and any(not 0 <= index < len(self.images) for index in self.grid_images):
+        if self.images and any(not -1 <= index < len(self.images) for index in self.grid_images):
             raise ValueError(
                 f"Grids refer to images {self.grid_images} but the report holds {len(self.images)} images: give "
                 "one image per image in the prompt."
@@ -172,6 +173,11 @@ class ExplanationReport:
     @property
     def num_grids(self) -> int:
         return len(self.maps)
+
+    @property
+    def drawn_grids(self) -> list[int]:
+        """Indices of the grids that lie over an image (those the PNGs and the HTML page show)."""
+        return [index for index, image in enumerate(self.grid_images) if image >= 0]
 
     @property
     def has_teacher(self) -> bool:
@@ -410,7 +416,7 @@ def save_token_overlays(
     teacher's maps. Atomic.
 
     Returns:
-        Per token, the list of paths (one per grid).
+        Per token, the list of paths (one per grid that lies over an image).
     """
     if not report.images:
         raise ValueError("The report holds no images (read back from JSON?): overlays need the images.")
@@ -423,9 +429,10 @@ def save_token_overlays(
     paths = []
     for index, text in enumerate(report.tokens):
         row = []
-        for grid_index, grids in enumerate(maps):
+        for grid_index in report.drawn_grids:
+            grids = maps[grid_index]
             image = report.images[report.grid_images[grid_index]]
-            suffix = f"_{_slug(report.grid_labels[grid_index])}" if report.num_grids > 1 else ""
+            suffix = f"_{_slug(report.grid_labels[grid_index])}" if len(report.drawn_grids) > 1 else ""
             name = f"{'teacher_' if teacher else ''}token_{index:02d}_{_slug(text)}{suffix}.png"
             path = os.path.join(output_dir, name)
             write_image(style.draw(image, grids[index]), path)
@@ -460,7 +467,10 @@ def decode_tokens(tokenizer: Any, token_ids: list[int]) -> list[str]:
 
 
 def _image_of_grid(label: str, index: int) -> int:
-    """The image a grid lies over, from its label (``"image 2 tiles"`` -> 2); grid `index` when unlabelled."""
+    """The image a grid lies over, from its label (``"image 2 tiles"`` -> 2); -1 for a video's grid (no image to
+    draw on); grid `index` when unlabelled."""
+    if label.startswith("video"):
+        return -1
     match = re.search(r"image (\d+)", label)
     return int(match.group(1)) if match else index
 
