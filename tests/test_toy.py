@@ -223,15 +223,23 @@ def test_training_script_writes_a_loadable_reproducible_model(tmp_path):
     assert np.mean(correct) == log["test"]["generate"]["overall"]["accuracy"]
 
 
-def test_training_script_hard_stop_still_saves(tmp_path):
-    log = train.main([*TINY_TRAINING, "--output-dir", str(tmp_path / "model"), "--max-minutes", "0"])
-    assert log["train"] == {"steps": 0, "seconds": log["train"]["seconds"], "stop_reason": "max-minutes"}
-    assert (tmp_path / "model" / "model.safetensors").is_file()
+def test_training_script_hard_stop_continue_and_replace(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    train.main([*TINY_TRAINING, "--output-dir", str(first), "--steps", "2"])
+    # no time left: no step is taken, and the (evaluated) starting weights are saved unchanged
+    log = train.main(
+        [*TINY_TRAINING, "--output-dir", str(second), "--max-minutes", "0", "--init-from", str(first),
+         "--text-width", "32"]
+    )  # fmt: skip
+    assert log["train"]["steps"] == 0 and log["train"]["stop_reason"] == "max-minutes"
+    assert log["config"]["text_width"] == 16  # sizes come from the model continued from
+    weights, continued = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert all(torch.equal(weights[name], continued[name]) for name in weights)
     # an existing folder is replaced as a whole
-    (tmp_path / "model" / "stale.txt").write_text("old")
-    train.main([*TINY_TRAINING, "--output-dir", str(tmp_path / "model"), "--steps", "2"])
-    assert not (tmp_path / "model" / "stale.txt").exists()
-    assert sorted(os.listdir(tmp_path)) == ["model"]
+    (second / "stale.txt").write_text("old")
+    train.main([*TINY_TRAINING, "--output-dir", str(second), "--steps", "2"])
+    assert not (second / "stale.txt").exists()
+    assert sorted(os.listdir(tmp_path)) == ["first", "second"]
 
 
 def test_training_script_refuses_bad_arguments():

@@ -165,6 +165,10 @@ def encode_held_out(examples: list[tuple[Scene, Question]], tokenizer, image_tok
     return encode_examples(scenes, questions, range(len(examples)), tokenizer, image_tokens)
 
 
+def image_token_id(tokenizer) -> int:
+    return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+
+
 def normalise_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 `(batch, 3, h, w)` pixels to the model's `pixel_values`, exactly as the CLIP image processor does."""
     mean = torch.tensor(IMAGE_MEAN, device=images.device).view(1, 3, 1, 1)
@@ -404,6 +408,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vision-layers", type=int, default=3)
     parser.add_argument("--text-width", type=int, default=128)
     parser.add_argument("--text-layers", type=int, default=3)
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="a saved toy model folder to continue training from (its sizes replace the four above; the "
+        "optimizer and the warm-up start afresh)",
+    )
     args = parser.parse_args(argv)
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         parser.error(f"--device must be cpu or cuda, got {args.device!r}")
@@ -437,14 +447,27 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     processor = build_processor()
     tokenizer = processor.tokenizer
-    config = build_config(
-        vision_width=args.vision_width,
-        vision_layers=args.vision_layers,
-        text_width=args.text_width,
-        text_layers=args.text_layers,
-    )
+    if args.init_from:
+        model = LlavaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
+        config = model.config
+        if config.text_config.vocab_size != len(tokenizer) or config.image_token_index != image_token_id(tokenizer):
+            raise ValueError(f"{args.init_from} does not hold a toy model of this version (vocabulary differs).")
+        args.vision_width, args.vision_layers = (
+            config.vision_config.hidden_size,
+            config.vision_config.num_hidden_layers,
+        )
+        args.text_width, args.text_layers = config.text_config.hidden_size, config.text_config.num_hidden_layers
+        logger.info(f"Continuing from {args.init_from}.")
+    else:
+        config = build_config(
+            vision_width=args.vision_width,
+            vision_layers=args.vision_layers,
+            text_width=args.text_width,
+            text_layers=args.text_layers,
+        )
+        model = LlavaForConditionalGeneration(config)
     image_tokens = image_tokens_per_image(config)
-    model = LlavaForConditionalGeneration(config).to(device)
+    model = model.to(device)
     model.set_attn_implementation("sdpa")
     parameters = sum(parameter.numel() for parameter in model.parameters())
     logger.info(f"Toy LLaVA: {parameters / 1e6:.2f} M parameters on {device}.")
