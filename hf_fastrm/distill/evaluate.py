@@ -110,8 +110,9 @@ def make_labels(batch: ShardBatch, label_threshold: float) -> torch.Tensor:
     """Training labels `(B, T, N)`: per token, min-max-normalised teacher map >= `label_threshold`."""
     from ..teacher import relevancy_labels
 
-    maps = batch.teacher_maps.masked_fill(~batch.image_token_mask.unsqueeze(1), float("nan"))
-    return relevancy_labels(maps, threshold=label_threshold, image_token_mask=batch.image_token_mask).bool()
+    image_token_mask = batch.image_token_mask.unsqueeze(1)  # (B, 1, N), broadcast over the tokens
+    maps = batch.teacher_maps.masked_fill(~image_token_mask, float("nan"))
+    return relevancy_labels(maps, threshold=label_threshold, image_token_mask=image_token_mask).bool()
 
 
 def confusion_counts(
@@ -236,8 +237,8 @@ def evaluate_head(
     label_threshold: float | None = None,
     decision_threshold: float = 0.5,
     split: str = "all",
-    val_fraction: float = 0.05,
-    seed: int = 0,
+    val_fraction: float | None = None,
+    seed: int | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
     json_path: str | os.PathLike | None = None,
@@ -254,6 +255,8 @@ def evaluate_head(
         decision_threshold (`float`, *optional*, defaults to 0.5): threshold on the head's relevance.
         split (`str`, *optional*, defaults to ``"all"``): ``"all"`` examples, or the ``"train"`` / ``"validation"``
             part of the deterministic split [`train_head`] makes with the same `val_fraction` and `seed`.
+        val_fraction, seed (*optional*): those of the split; read from the head folder's ``training_info.json``
+            when omitted (else 0.05 and 0, `train_head`'s defaults).
         batch_size, device: how to run the head (CPU by default).
         json_path (*optional*): also write the report there as JSON (atomically).
         check_base_model (`bool`, *optional*, defaults to `True`): also compare model names (see
@@ -266,19 +269,26 @@ def evaluate_head(
     Raises:
         ValueError: for a head made for another model than the shards', or shards of different models.
     """
+    training_info: dict[str, Any] = {}
     if not isinstance(head, FastRMHead):
         head_source = os.fspath(head)
+        info_path = os.path.join(head_source, "training_info.json")
+        if os.path.isfile(info_path):
+            with open(info_path, encoding="utf-8") as handle:
+                training_info = json.load(handle).get("hyper_parameters", {})
         head = FastRMHead.from_pretrained(head)
     else:
         head_source = head.config.base_model_name_or_path and f"head for {head.config.base_model_name_or_path}"
     dataset = ShardDataset(shards)
     check_head_matches_shards(head, dataset.model_info, check_base_model=check_base_model)
+    if split not in ("all", "train", "validation"):
+        raise ValueError(f"`split` must be 'all', 'train' or 'validation', got {split!r}.")
     if split != "all":
         from .train import split_example_ids
 
+        val_fraction = training_info.get("val_fraction", 0.05) if val_fraction is None else val_fraction
+        seed = training_info.get("seed", 0) if seed is None else seed
         train_ids, val_ids = split_example_ids(dataset.all_example_ids, val_fraction, seed)
-        if split not in ("train", "validation"):
-            raise ValueError(f"`split` must be 'all', 'train' or 'validation', got {split!r}.")
         dataset = ShardDataset(shards, example_ids=train_ids if split == "train" else val_ids)
     threshold = head.config.label_threshold if label_threshold is None else float(label_threshold)
     report = evaluate_dataset(

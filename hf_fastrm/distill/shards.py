@@ -158,7 +158,7 @@ def write_shard(
     metadata = {"format": "pt", SHARD_METADATA_KEY: json.dumps(record)}
     path = os.fspath(path)
     try:
-        atomic_write_with(path, lambda tmp_path: save_file(tensors, tmp_path, metadata=metadata))
+        atomic_write_with(path, lambda tmp_path: _save_and_sync(tensors, tmp_path, metadata))
     except OSError as error:
         if error.errno == errno.ENOSPC:
             raise OSError(
@@ -168,6 +168,13 @@ def write_shard(
                 "same command again: it resumes after the last complete shard.",
             ) from error
         raise
+
+
+def _save_and_sync(tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str]) -> None:
+    save_file(tensors, path, metadata=metadata)
+    # On disk before the rename makes it a complete shard, so that a power cut cannot leave an empty one.
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def read_shard_info(path: str | os.PathLike) -> ShardInfo:

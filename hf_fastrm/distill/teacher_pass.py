@@ -15,7 +15,7 @@ import glob
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from transformers.utils import logging
 
 from ..utils.io import atomic_write_text
 from .corpus import Corpus, CorpusExample, load_corpus
+from .launch import wants_cpu
 from .shards import (
     MODEL_FIELDS,
     ShardExample,
@@ -264,7 +265,7 @@ def distill(
         if storage_dtype not in _DTYPES:
             raise ValueError(f"`storage_dtype` must be one of {list(_DTYPES)}, got {storage_dtype!r}.")
         storage_dtype = _DTYPES[storage_dtype]
-    state = PartialState()
+    state = PartialState(cpu=wants_cpu(device=device))
     output_dir = os.fspath(output_dir)
     if not isinstance(corpus, Corpus):
         corpus_name = os.fspath(corpus) if isinstance(corpus, (str, os.PathLike)) else None
@@ -322,6 +323,7 @@ def distill(
     buffer: list[ShardExample] = []
     seconds = 0.0
     new_examples = 0
+    flushed_examples = 0
     progress = logging.tqdm(
         total=len(mine),
         desc="distill" if state.num_processes == 1 else f"distill (process {state.process_index})",
@@ -330,7 +332,7 @@ def distill(
     )
 
     def flush() -> None:
-        nonlocal next_index
+        nonlocal next_index, flushed_examples
         name = shard_name(state.process_index, next_index)
         write_shard(
             os.path.join(output_dir, name),
@@ -340,9 +342,10 @@ def distill(
             extra_metadata={"process_index": state.process_index, "corpus": run_config["corpus"]},
         )
         next_index += 1
+        flushed_examples += len(buffer)
         written.append(name)
         buffer.clear()
-        _write_progress(output_dir, state.process_index, written, new_examples)
+        _write_progress(output_dir, state.process_index, written, flushed_examples)
 
     with progress:
         for start in range(0, len(mine), batch_size):
@@ -414,11 +417,12 @@ def _check_run_config(output_dir: str, run_config: dict[str, Any]) -> None:
 
 
 def _remove_stale_temporary_files(output_dir: str) -> None:
-    # Left by a run killed during a write (a clean failure removes its own); never under a shard's final name.
-    for path in glob.glob(os.path.join(output_dir, ".shard-*.tmp")):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(path)
-            logger.info(f"Removed {os.path.basename(path)!r}, a half-written shard of an interrupted run.")
+    # Left by a run killed during a write (a clean failure removes its own); never under a final name.
+    for pattern in (".shard-*.tmp", ".progress-*.tmp", f".{MANIFEST_NAME}.*.tmp", f".{RUN_CONFIG_NAME}.*.tmp"):
+        for path in glob.glob(os.path.join(output_dir, pattern)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                logger.info(f"Removed {os.path.basename(path)!r}, left half-written by an interrupted run.")
 
 
 def _scan_complete_shards(output_dir: str, model_info: dict[str, Any], rank: int) -> tuple[set[str], int]:
@@ -443,7 +447,3 @@ def _scan_complete_shards(output_dir: str, model_info: dict[str, Any], rank: int
 def _write_progress(output_dir: str, rank: int, shards: list[str], num_examples: int) -> None:
     record = {"process_index": rank, "shards_written": shards, "examples_written": num_examples, "time": time.time()}
     atomic_write_text(os.path.join(output_dir, f"progress-{rank:05d}.json"), json.dumps(record, indent=2) + "\n")
-
-
-def summary_dict(summary: DistillSummary) -> dict[str, Any]:
-    return asdict(summary)

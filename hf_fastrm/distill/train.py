@@ -27,6 +27,7 @@ from ..constants import DEFAULT_HEAD_DIM, DEFAULT_LABEL_THRESHOLD
 from ..head import FastRMHead
 from ..utils.io import atomic_write_text
 from .evaluate import METRIC_NAMES, binary_metrics, confusion_counts, evaluate_dataset, make_labels
+from .launch import wants_cpu
 from .shards import ShardDataset, collate_examples
 
 logger = logging.get_logger(__name__)
@@ -179,7 +180,7 @@ def train_head(
     from accelerate.utils import set_seed
 
     output_dir = os.fspath(output_dir)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=wants_cpu(cpu), mixed_precision=mixed_precision)
     set_seed(seed)
     everything = ShardDataset(shards)
     model_info = everything.model_info
