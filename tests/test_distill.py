@@ -207,7 +207,7 @@ def test_distill_from_a_saved_dataset_through_the_cli(workdir, model_dir, capsys
     output = str(workdir / "dataset-shards")
     argv = ["distill", "--model", model_dir, "--corpus", str(workdir / "dataset"), "--output-dir", output]
     argv += ["--image-column", "picture", "--question-column", "prompt", "--id-column", "qid", "--no-progress"]
-    argv += ["--max-new-tokens", "3", "--batch-size", "3", "--examples-per-shard", "2"]
+    argv += ["--max-new-tokens", "3", "--batch-size", "3", "--examples-per-shard", "2", "--token-chunk-size", "2"]
     assert cli_main(argv) == 0
     assert "5 examples in complete shards" in capsys.readouterr().out
     assert sorted(i for ids in ids_per_shard(output) for i in ids) == ["10", "11", "12", "13", "14"]

@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with a JSONL of {'image': file, 'question': text}.",
     )
     parser.add_argument("--output-dir", required=True, help="Where the shards go (resumed if it holds some).")
-    parser.add_argument("--revision", default=None, help="Revision of the model (and of a Hub dataset's loader).")
+    parser.add_argument("--revision", default=None, help="Revision (commit, tag, branch) of the model.")
     parser.add_argument("--dtype", default=None, choices=["auto", "bfloat16", "float16", "float32"])
     parser.add_argument("--device", default=None, help="Device of the model (default: the process's device).")
     parser.add_argument("--device-map", default=None, help="`device_map` for models larger than one GPU ('auto').")
@@ -44,7 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="Examples per generate + teacher call.")
     parser.add_argument("--examples-per-shard", type=int, default=256)
     parser.add_argument("--storage-dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--teacher-target", default="logit", help="What the teacher differentiates (see teacher).")
+    parser.add_argument(
+        "--teacher-target", default="logit", choices=["logit", "log_prob"], help="What the teacher differentiates."
+    )
+    parser.add_argument(
+        "--token-chunk-size",
+        type=int,
+        default=None,
+        help="Tokens per batched teacher backward (less memory when smaller; the teacher's default otherwise).",
+    )
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     parser.set_defaults(func=run)
 
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         examples_per_shard=args.examples_per_shard,
         storage_dtype=args.storage_dtype,
         teacher_target=args.teacher_target,
+        teacher_kwargs={"token_chunk_size": args.token_chunk_size} if args.token_chunk_size else None,
         show_progress=not args.no_progress,
     )
     from accelerate import PartialState
