@@ -542,7 +542,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
             progress.write(f"step {step} ({elapsed:.0f} s) loss {mean_loss:.4f} validation {format_report(report)}")
-            if accuracy > best["accuracy"]:
+            if accuracy >= best["accuracy"]:  # ties: the later, longer-trained checkpoint
                 best = {"step": step, "accuracy": accuracy, "state": copy.deepcopy(model.state_dict())}
             streak = streak + 1 if accuracy >= args.target_accuracy else 0
             if streak >= args.patience:
@@ -554,7 +554,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         # the last steps since the previous evaluation (or a run shorter than one interval): evaluate them too
         correct = teacher_forced_correct(model, validation, bf16=args.bf16)
         accuracy = accuracy_report(correct.tolist(), validation.kinds, validation.present)["overall"]["accuracy"]
-        if accuracy > best["accuracy"]:
+        if accuracy >= best["accuracy"]:
             best = {"step": step, "accuracy": accuracy, "state": copy.deepcopy(model.state_dict())}
     model.load_state_dict(best["state"])
     model.eval()
