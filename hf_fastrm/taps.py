@@ -7,10 +7,17 @@ Never ``output_hidden_states=True``: that keeps every layer of every step. Two h
   computes;
 * a forward hook on the language model's final norm (what ``lm_head`` reads) keeps the newest position's state
   and, at prefill, the image tokens' states, which it turns into the head's keys at once.
+
+transformers 5.x `generate()` encodes the images before prefill (``get_image_features(pixel_values, image_sizes,
+...)`` of the base model) and then drops those processor outputs from the forward's kwargs. So the tap also wraps
+the base model's ``get_image_features`` / ``get_video_features`` (instance attributes, signature kept) to record the
+arguments of such a call; the next prefill sees them merged under its own kwargs.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +54,9 @@ class HiddenStateTap:
         self.adapter = adapter
         self.on_prefill = on_prefill
         self._handles: list[RemovableHandle] = []
+        self._wrapped_encoders: list[tuple[nn.Module, str, Callable, bool]] = []
+        self._encoder_kwargs: dict[str, Any] = {}
+        self._encoder_depth = 0
         self.reset()
 
     def reset(self) -> None:
@@ -73,6 +83,7 @@ class HiddenStateTap:
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             self._handles.append(norm.register_forward_hook(self._norm_hook))
+            self._wrap_encoders()
         except BaseException:
             self.detach()
             raise
@@ -81,6 +92,55 @@ class HiddenStateTap:
     def detach(self) -> None:
         while self._handles:
             self._handles.pop().remove()
+        while self._wrapped_encoders:
+            owner, name, wrapper, had_own = self._wrapped_encoders.pop()
+            if owner.__dict__.get(name) is wrapper:
+                # restore the instance attribute that was there before (or none: the class method shows again)
+                if had_own:
+                    owner.__dict__[name] = wrapper.__wrapped__
+                else:
+                    del owner.__dict__[name]
+            else:  # wrapped again on top of ours: leave the chain intact, only stop recording
+                wrapper._fastrm_active = False
+        self._encoder_kwargs = {}
+
+    _ENCODER_METHODS = ("get_image_features", "get_video_features")
+
+    def _wrap_encoders(self) -> None:
+        owners = {id(module): module for module in (self.model, getattr(self.model, "base_model", None)) if module}
+        for owner in owners.values():
+            for name in self._ENCODER_METHODS:
+                original = getattr(owner, name, None)
+                if original is None or not callable(original):
+                    continue
+                had_own = name in owner.__dict__
+                wrapper = self._recording(original)
+                owner.__dict__[name] = wrapper
+                self._wrapped_encoders.append((owner, name, wrapper, had_own))
+
+    def _recording(self, original: Callable) -> Callable:
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            # only the outermost call: some families encode videos through get_image_features
+            if recording._fastrm_active and not self._encoder_depth:
+                try:
+                    arguments = signature.bind_partial(*args, **kwargs).arguments
+                except TypeError:
+                    arguments = dict(kwargs)
+                extra = arguments.pop("kwargs", None)
+                self._encoder_kwargs.update(arguments)
+                if isinstance(extra, dict):
+                    self._encoder_kwargs.update(extra)
+            self._encoder_depth += 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._encoder_depth -= 1
+
+        recording._fastrm_active = True
+        return recording
 
     def __enter__(self) -> HiddenStateTap:
         return self.attach()
@@ -100,6 +160,9 @@ class HiddenStateTap:
             return
         if input_ids.shape[-1] <= 1 or self._continues_current_sequence(input_ids):
             return
+        # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
+        kwargs = {**self._encoder_kwargs, **kwargs}
+        self._encoder_kwargs = {}
         layouts = self.adapter.image_layout(self.model.config, input_ids, kwargs)
         for row, layout in enumerate(layouts):
             if layout.num_image_tokens == 0:
@@ -123,6 +186,8 @@ class HiddenStateTap:
         self._pending_prefill = True
 
     def _norm_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        # encoder calls made inside this forward (a direct call with pixel values) belong to no later prefill
+        self._encoder_kwargs = {}
         hidden = output[0] if isinstance(output, tuple) else output
         if self._pending_prefill:
             self._pending_prefill = False

@@ -19,10 +19,13 @@ class RowImageLayout:
         image_grids (`list[torch.LongTensor]`): one per image, of shape `(height, width)` (or `(frames, height,
             width)` for video); each entry indexes into `image_positions` (the token holding that patch), -1 where
             no token does. Tokens that belong to no grid cell (newline or separator tokens) are left out.
+        grid_labels (`list[str]`): one per grid, what it shows (``"image 0"``, ``"image 0 tiles"``, ``"image 0 base"``,
+            ``"video 0"``, ...); empty when the adapter does not name its grids.
     """
 
     image_positions: torch.Tensor
     image_grids: list[torch.Tensor] = field(default_factory=list)
+    grid_labels: list[str] = field(default_factory=list)
 
     @property
     def num_image_tokens(self) -> int:
