@@ -1,7 +1,17 @@
 """Model families: one adapter per family, in a registry users can extend."""
 
+from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
+from .gemma3 import Gemma3Adapter
+from .idefics3 import Idefics3Adapter
+from .internvl import InternVLAdapter
+from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
+from .llava_onevision import LlavaOnevisionAdapter
+from .mistral3 import Mistral3Adapter
+from .paligemma import PaliGemmaAdapter
+from .qwen_vl import Qwen2VLAdapter
 from .registry import (
     get_adapter,
     register_architecture,
@@ -9,13 +19,41 @@ from .registry import (
     supported_model_types,
     unregister_architecture,
 )
+from .vipllava import VipLlavaAdapter
 
 register_architecture(LlavaAdapter)
+for _adapter in (
+    LlavaNextAdapter,
+    LlavaNextVideoAdapter,
+    LlavaOnevisionAdapter,
+    VipLlavaAdapter,
+    Qwen2VLAdapter,
+    Idefics3Adapter,
+    Gemma3Adapter,
+    PaliGemmaAdapter,
+    Mistral3Adapter,
+    InternVLAdapter,
+    AyaVisionAdapter,
+    Llama4Adapter,
+):
+    register_architecture(_adapter)
 
 __all__ = [
     "ArchitectureAdapter",
+    "AyaVisionAdapter",
+    "Gemma3Adapter",
+    "Idefics3Adapter",
+    "InternVLAdapter",
+    "Llama4Adapter",
     "LlavaAdapter",
+    "LlavaNextAdapter",
+    "LlavaNextVideoAdapter",
+    "LlavaOnevisionAdapter",
+    "Mistral3Adapter",
+    "PaliGemmaAdapter",
+    "Qwen2VLAdapter",
     "RowImageLayout",
+    "VipLlavaAdapter",
     "get_adapter",
     "register_architecture",
     "registered_adapters",

@@ -13,8 +13,17 @@ class LlavaAdapter(ArchitectureAdapter):
     """``LlavaForConditionalGeneration``: each image is ``(image_size / patch_size)^2`` consecutive image tokens
     (one more, the CLS token, with ``vision_feature_select_strategy="full"``; it belongs to no grid cell)."""
 
+    family = "LLaVA (1.5, pixtral-12b, ...)"
     model_types = ("llava",)
-    grid_description = "one square grid per image; CLS token (strategy 'full') outside the grid"
+    grid_description = (
+        "one square grid per image; CLS token (strategy 'full') outside the grid; with a Pixtral tower "
+        "(pixtral-12b) one (height/patch, width/patch) grid per image from `image_sizes`"
+    )
+    teacher_support = "yes"
+    tested_configs = (
+        "llava: CLIP tower (8 px, patch 2), Llama decoder; 1 and 2 images a row",
+        "llava-pixtral: Pixtral tower (patch 4) in LlavaForConditionalGeneration; images 16x8, 8x12, 12x16",
+    )
 
     def tokens_per_image(self, config: Any) -> tuple[int, int, int]:
         """(tokens per image, grid height, grid width)."""
@@ -24,6 +33,8 @@ class LlavaAdapter(ArchitectureAdapter):
         return side * side + extra, side, side
 
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
+        if getattr(config.vision_config, "model_type", None) == "pixtral":
+            return self._pixtral_layout(config, input_ids, model_kwargs)
         per_image, height, width = self.tokens_per_image(config)
         extra = per_image - height * width
         layouts = []
@@ -37,5 +48,25 @@ class LlavaAdapter(ArchitectureAdapter):
                 (torch.arange(height * width) + image * per_image + extra).view(height, width)
                 for image in range(positions.numel() // per_image)
             ]
-            layouts.append(RowImageLayout(image_positions=positions, image_grids=grids))
+            labels = [f"image {image}" for image in range(len(grids))]
+            layouts.append(RowImageLayout(image_positions=positions, image_grids=grids, grid_labels=labels))
         return layouts
+
+    def _pixtral_layout(
+        self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]
+    ) -> list[RowImageLayout]:
+        """Pixtral-12b as ``LlavaForConditionalGeneration``: variable image sizes, rows ended by ``[IMG_BREAK]``."""
+        from .grids import assign_media, merge_rows, per_item_list, token_positions
+        from .mistral3 import pixtral_plan
+
+        positions = token_positions(input_ids, self.image_token_id(config))
+        image_sizes = per_item_list(model_kwargs.get("image_sizes"))
+        patch = int(config.vision_config.patch_size)
+        grids = assign_media(
+            positions,
+            lambda item, row: pixtral_plan(image_sizes[item], patch),
+            kind="image",
+            num_items=len(image_sizes),
+            family="LLaVA (Pixtral tower)",
+        )
+        return merge_rows(positions, grids)
