@@ -1,0 +1,166 @@
+"""Each grid cell's token sees the part of the image the cell stands for.
+
+With the vision tower's self-attention silenced (its output zeroed, so every patch feature depends on its own
+pixels only: patch embedding, MLPs, norms, merging, pooling and pixel shuffles are all local), the gradient of an
+image token's input embedding with respect to the pixel values shows where that token looks. For every grid the
+layout reports, cells must then follow the image: along a grid row the pixels move right (or on to the next tile,
+tiles in row-major order as every processor cuts them), along a column they move down (or on by one row of
+tiles), along a video grid's first axis on to later frames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import pytest
+import torch
+from test_families import CASES, built, params
+
+from hf_fastrm.architectures import get_adapter
+
+
+@contextlib.contextmanager
+def vision_attention_silenced(model, language_model):
+    """Zeroes the output of every attention module outside the language model (the vision tower's)."""
+    inside = {id(module) for module in language_model.modules()}
+
+    def zero(module, args, output):
+        if isinstance(output, tuple):
+            return (torch.zeros_like(output[0]), *output[1:])
+        return torch.zeros_like(output)
+
+    def is_attention(module) -> bool:  # the self-attention itself, not a whole block ("PixtralAttentionLayer")
+        name = type(module).__name__
+        return "Attention" in name and not any(word in name for word in ("Layer", "Block", "Pool"))
+
+    handles = [
+        module.register_forward_hook(zero)
+        for module in model.modules()
+        if id(module) not in inside and is_attention(module)
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """`(elements, 3)` (sub-image id, y, x) of every element of a pixel tensor.
+
+    `(..., C, H, W)` tensors: leading indices flattened into the sub-image id. Qwen's flattened patches
+    `(patches, C * T * p * p)`: decoded with the image processor's patch order `(t, h / m, w / m, m, m)` per image,
+    the sub-image being (image, temporal patch).
+    """
+    if tensor.ndim >= 4:
+        *lead, channels, height, width = tensor.shape
+        sub = torch.arange(int(torch.tensor(lead).prod())).view(*lead, 1, 1, 1).expand(*lead, channels, height, width)
+        y = torch.arange(height).view(height, 1).expand(*tensor.shape)
+        x = torch.arange(width).view(1, width).expand(*tensor.shape)
+        return torch.stack([sub.reshape(-1), y.reshape(-1), x.reshape(-1)], dim=1)
+    grids = inputs["image_grid_thw" if name == "pixel_values" else "video_grid_thw"].tolist()
+    merge = 2
+    rows = []
+    sub_base = 0
+    for t, h, w in grids:
+        patch = torch.arange(t * h * w).view(t, h // merge, w // merge, merge, merge)
+        tt, bh, bw, mh, mw = torch.meshgrid(*(torch.arange(s) for s in patch.shape), indexing="ij")
+        rows.append(torch.stack([sub_base + tt, bh * merge + mh, bw * merge + mw], dim=-1).reshape(-1, 3))
+        sub_base += t
+    per_patch = torch.cat(rows)
+    return per_patch.repeat_interleave(tensor.shape[1], dim=0)
+
+
+@functools.cache
+def receptive_fields(name: str) -> list[torch.Tensor]:
+    """Per row, `(image_tokens, 3)`: each image token's dominant (pixel tensor, sub-image) id and its centroid."""
+    model, inputs, _ = built(name)
+    adapter = get_adapter(model)
+    language_model = adapter.language_model(model)
+    layouts = adapter.image_layout(model.config, inputs["input_ids"], dict(inputs))
+    pixels = {
+        k: inputs[k].detach().clone().requires_grad_(True)
+        for k in ("pixel_values", "pixel_values_videos")
+        if k in inputs
+    }
+    captured = {}
+
+    def capture(module, args, kwargs):
+        captured["embeds"] = kwargs.get("inputs_embeds")
+
+    handle = language_model.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        # Llama 4's forward raises after the decoder in this transformers: the embeddings are captured by then
+        with (
+            vision_attention_silenced(model, language_model),
+            torch.enable_grad(),
+            contextlib.suppress(AttributeError),
+        ):
+            model(**{**inputs, **pixels})
+    finally:
+        handle.remove()
+    embeds = captured["embeds"]
+    coordinates = {k: pixel_coordinates(k, v, inputs).float() for k, v in pixels.items()}
+    offsets = {}
+    total = 0
+    for k in pixels:  # videos' sub-images numbered after the images'
+        offsets[k] = total
+        total += int(coordinates[k][:, 0].max()) + 1
+    coords = torch.cat([coordinates[k] + torch.tensor([offsets[k], 0, 0]) for k in pixels])
+    subs = coords[:, 0].long()
+    fields = []
+    for row, layout in enumerate(layouts):
+        positions = layout.image_positions
+        # one batched backward: the gradient of each image token's embedding sum, all tokens at once
+        selector = torch.zeros(positions.numel(), *embeds.shape)
+        selector[torch.arange(positions.numel()), row, positions] = 1.0
+        grads = torch.autograd.grad(
+            embeds, list(pixels.values()), selector, retain_graph=True, is_grads_batched=True, allow_unused=True
+        )
+        weights = torch.cat(
+            [
+                (g if g is not None else torch.zeros(positions.numel(), *p.shape)).abs().reshape(positions.numel(), -1)
+                for g, p in zip(grads, pixels.values(), strict=True)
+            ],
+            dim=1,
+        )  # (tokens, pixel elements)
+        mass = torch.zeros(positions.numel(), total).index_add_(1, subs, weights)
+        sub = mass.argmax(dim=1)
+        keep = (subs.unsqueeze(0) == sub.unsqueeze(1)) & (weights > 0)
+        kept = weights * keep
+        centroid = kept @ coords[:, 1:] / kept.sum(dim=1, keepdim=True)
+        fields.append(torch.cat([sub.float().unsqueeze(1), centroid], dim=1))
+    return fields
+
+
+def check_axis(fields: torch.Tensor, grid: torch.Tensor, axis: int, label: str) -> None:
+    """Consecutive cells along `axis` (-1: columns, -2: rows, -3: frames) move the way the image does."""
+    first = grid.narrow(axis, 0, grid.shape[axis] - 1)
+    second = grid.narrow(axis, 1, grid.shape[axis] - 1)
+    pairs = (first >= 0) & (second >= 0)
+    a, b = fields[first[pairs]], fields[second[pairs]]
+    same = a[:, 0] == b[:, 0]
+    if axis == -3:
+        assert bool((b[:, 0] > a[:, 0]).all()), f"{label}: frames out of order"
+        return
+    along, across = (2, 1) if axis == -1 else (1, 2)
+    assert bool((b[same, along] > a[same, along] + 0.5).all()), f"{label}: cells out of order along axis {axis}"
+    # a cell covers a block of patches (merge, pool, pixel shuffle): centroids of one block row may differ by < 1
+    assert bool(((b[same, across] - a[same, across]).abs() < 1.0).all()), f"{label}: cells drift across axis {axis}"
+    steps = (b[~same, 0] - a[~same, 0]).unique()
+    if axis == -1:
+        assert steps.numel() == 0 or steps.tolist() == [1.0], f"{label}: tiles along a row are not consecutive"
+    else:
+        assert steps.numel() <= 1 and bool((steps > 0).all()), f"{label}: tile rows out of order"
+
+
+@pytest.mark.parametrize("name", params(CASES))
+def test_grid_cells_follow_the_image(name):
+    model, inputs, _ = built(name)
+    layouts = get_adapter(model).image_layout(model.config, inputs["input_ids"], dict(inputs))
+    for row, (layout, fields) in enumerate(zip(layouts, receptive_fields(name), strict=True)):
+        for label, grid in zip(layout.grid_labels, layout.image_grids, strict=True):
+            for axis in range(-grid.ndim, 0):
+                if grid.shape[axis] > 1:
+                    check_axis(fields, grid, axis, f"{name} row {row} {label}")
