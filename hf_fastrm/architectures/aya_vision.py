@@ -43,6 +43,8 @@ class AyaVisionAdapter(ArchitectureAdapter):
                 positions[start : start + block] for start in split_into_blocks(positions, block, "AyaVision", row)
             ]
             tags = [int(ids[tile[0] - 1]) if tile[0] > 0 else -1 for tile in tiles]
+            if self.image_token_id(config) in tags:  # tiles without tags between them: one grid each
+                tags = [-1] * len(tags)
             global_tag = tags[-1] if tags else None
             grids: list[tuple[str, torch.Tensor]] = []
             pending: list[torch.Tensor] = []

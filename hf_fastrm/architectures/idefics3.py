@@ -16,7 +16,8 @@ the model's forward (only ``image_token_id`` is in the config), so they are read
   and the row/column token) separate a crop from the previous one, i.e. after the ``\\n``.
 
 This holds for prompts built by the processor with the checkpoints' tokenizers (the marker tokens are single
-special tokens); if the row breaks cannot be read, each crop gets its own grid.
+special tokens); if the row breaks cannot be read, each crop gets its own grid, and a row whose sub-images follow
+each other without markers (a hand-made prompt) gets one grid per sub-image.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ class Idefics3Adapter(ArchitectureAdapter):
             sub_images = [positions[start : start + block] for start in starts]
             tags = [int(ids[sub[0] - 1]) if sub[0] > 0 else -1 for sub in sub_images]
             gaps = [int(sub_images[i][0] - sub_images[i - 1][-1] - 1) if i else -1 for i in range(len(sub_images))]
+            if self.image_token_id(config) in tags:  # sub-images without markers between them: a hand-made prompt
+                tags = [-1] * len(tags)
             global_tag = tags[-1] if tags else None
             grids: list[tuple[str, torch.Tensor]] = []
             crops: list[int] = []

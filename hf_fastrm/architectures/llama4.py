@@ -62,6 +62,8 @@ class Llama4Adapter(ArchitectureAdapter):
             ids = input_ids[row].cpu()
             chunks = [positions[s : s + block] for s in split_into_blocks(positions, block, "Llama4", row)]
             after = [int(ids[chunk[-1] + 1]) if chunk[-1] + 1 < ids.numel() else -1 for chunk in chunks]
+            if self.image_token_id(config) in after:  # chunks without separators between them: one grid each
+                after = [-1] * len(after)
             end_tag = after[-1] if after else None
             grids: list[tuple[str, torch.Tensor]] = []
             pending: list[int] = []
