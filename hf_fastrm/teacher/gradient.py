@@ -1,0 +1,513 @@
+"""Exact gradient relevancy maps (the teacher FastRM heads are distilled from), computed the lean way.
+
+The rule (Chefer et al. 2021, rules 5 and 6, as LVLM-Interpret applies them to LLaVA): for generated token ``t``,
+chosen at position ``p``, let ``y`` be its logit (or log-probability) there. For each language-model layer ``l`` with
+attention probabilities ``A_l`` of shape `(heads, n, n)`,
+
+    Abar_l = mean over heads of clamp(dy/dA_l * A_l, min=0)
+    R      = (I + Abar_L) ... (I + Abar_1)             (first layer rightmost)
+    map_t  = R[p, image positions]
+
+where ``dy/dA_l`` is the total derivative (through every later layer). Only row ``p`` of ``R`` is needed, so the row
+is propagated as a vector: ``v = e_p; for l = L..1: v <- v + v Abar_l``.
+
+The lean form: weights frozen (no weight gradients), generation done beforehand without a graph, then one
+teacher-forced forward of the whole sequence in which the language model's attention records what the backward needs
+(see [`hf_fastrm.teacher.attention`]), and one backward per generated token, several tokens at a time through
+``torch.autograd.grad(..., is_grads_batched=True)``; each backward yields the ``(batch, n, n)`` matrices ``Abar_l``
+directly, never ``(heads, n, n)`` gradients, and no ``n x n`` product is formed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from transformers.utils import logging
+
+from ..architectures import RowImageLayout, get_adapter
+from ..confidence import map_confidence, sequence_confidence
+from ..outputs import FastRMResult
+from .attention import AttentionCapture, frozen, relevance_dtype
+
+logger = logging.get_logger(__name__)
+
+TARGETS = ("logit", "log_prob")
+
+# Keys of a model's forward() that are not prompt inputs: the teacher sets them itself (or must not pass them).
+_NOT_PROMPT_INPUTS = frozenset(
+    {
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "past_key_values",
+        "cache",
+        "cache_position",
+        "inputs_embeds",
+        "labels",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict",
+        "logits_to_keep",
+        "num_logits_to_keep",
+        "kwargs",
+    }
+)
+
+
+@dataclass
+class TeacherOutput:
+    """What [`gradient_relevancy`] returns.
+
+    Attributes:
+        result ([`FastRMResult`]): the maps in the head's structure, ``method="gradient"``. `relevancy` has shape
+            `(batch, new_tokens, image_tokens)`: non-negative, *not* normalised (row ``p`` of ``R`` at the image
+            positions; see [`relevancy_labels`] for per-token min-max labels), NaN after a row's end of sequence and
+            in padding image slots.
+        text_relevancy (`torch.FloatTensor` of shape `(batch, new_tokens, seq_len)`, *optional*): the rest of row
+            ``p``, over every position of `sequences` (seq_len = `sequences.shape[1]`): NaN at image positions, padding,
+            positions after ``p`` and tokens after the row's end. Position ``p`` itself holds the identity term (>= 1).
+        image_hidden_states (`torch.FloatTensor` of shape `(batch, image_tokens, hidden)`, *optional*): the language
+            model's last hidden states (final norm output, what ``lm_head`` reads) at the image positions, zero in
+            padding slots.
+        token_hidden_states (`torch.FloatTensor` of shape `(batch, new_tokens, hidden)`, *optional*): the same at the
+            position that chose each token (zero for steps after every row has ended).
+        layers (`list[int]`): the language-model layers whose attention entered the product.
+        target (`str`): ``"logit"`` or ``"log_prob"``.
+    """
+
+    result: FastRMResult
+    text_relevancy: torch.Tensor | None = None
+    image_hidden_states: torch.Tensor | None = None
+    token_hidden_states: torch.Tensor | None = None
+    layers: list[int] | None = None
+    target: str = "logit"
+
+    @property
+    def relevancy(self) -> torch.Tensor:
+        return self.result.relevancy
+
+
+def gradient_relevancy(
+    model: nn.Module,
+    inputs: dict[str, Any],
+    sequences: torch.LongTensor,
+    *,
+    layers: list[int] | None = None,
+    target: str = "logit",
+    return_text_relevancy: bool = False,
+    return_hidden_states: bool = False,
+    token_chunk_size: int = 8,
+    show_progress: bool = False,
+    eos_token_id: int | list[int] | None = None,
+    special_token_ids: list[int] | None = None,
+) -> TeacherOutput:
+    r"""Exact gradient relevancy of every generated token over the image tokens.
+
+    Args:
+        model (`PreTrainedModel`): a vision-language model of a registered family (its weights are not changed;
+            ``requires_grad``, train/eval mode and the attention implementation are restored on return, also on
+            error).
+        inputs (`dict`): what the processor gave `generate()`: `input_ids` `(batch, prompt_len)`, `attention_mask`,
+            `pixel_values`, `image_sizes`, ... Keys the model's forward does not take (generation settings) are ignored.
+        sequences (`torch.LongTensor` of shape `(rows, prompt_len + new_tokens)`): `generate()`'s sequences; `rows` is
+            `batch` or a multiple of it (``num_return_sequences``: row ``i`` belongs to prompt ``i // k``).
+        layers (`list[int]`, *optional*): language-model layers entering the product (negative indices count from the
+            end); all by default. Gradients still flow through the other layers.
+        target (`str`, *optional*, defaults to `"logit"`): ``"logit"`` (the chosen token's raw logit) or
+            ``"log_prob"`` (its log-probability under the model's softmax).
+        return_text_relevancy (`bool`, *optional*, defaults to `False`): also return the row over all positions.
+        return_hidden_states (`bool`, *optional*, defaults to `False`): also return the last hidden states at the
+            image positions and at the positions that chose each token (from the same forward pass).
+        token_chunk_size (`int`, *optional*, defaults to 8): tokens whose gradients one batched backward computes
+            (memory grows with it; 1 means one plain backward per token). A chunk that runs out of accelerator memory
+            is retried in halves.
+        show_progress (`bool`, *optional*, defaults to `False`): a progress bar over the tokens.
+        eos_token_id (`int` or `list[int]`, *optional*): end-of-sequence ids (default: the generation config's).
+        special_token_ids (`list[int]`, *optional*): tokens left out of the per-sequence confidence (default: the
+            generation config's eos, pad and bos).
+
+    Returns:
+        [`TeacherOutput`].
+
+    Example:
+
+    ```python
+    >>> from hf_fastrm.teacher import gradient_relevancy
+    >>> out = model.generate(**inputs, max_new_tokens=16)
+    >>> teacher = gradient_relevancy(model, inputs, out)
+    >>> teacher.result.relevancy.shape  # (batch, 16, image_tokens)
+    >>> teacher.result.relevancy_maps(0)[0].shape  # (16, 24, 24) for LLaVA-1.5
+    ```
+    """
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
+    if not isinstance(token_chunk_size, int) or token_chunk_size < 1:
+        raise ValueError(f"`token_chunk_size` must be a positive integer, got {token_chunk_size!r}.")
+    sequences = getattr(sequences, "sequences", sequences)
+    if (
+        not isinstance(sequences, torch.Tensor)
+        or sequences.ndim != 2
+        or sequences.dtype not in (torch.long, torch.int)
+    ):
+        raise TypeError("`sequences` must be generate()'s output sequences, a 2-D tensor of token ids.")
+    adapter = get_adapter(model)
+    input_ids, prompt_mask, extra = prompt_inputs(model, inputs, sequences)
+    batch, prompt_length = input_ids.shape
+    new_tokens = sequences[:, prompt_length:].to(input_ids.device)
+    layouts = adapter.image_layout(model.config, input_ids, extra)
+    for row, layout in enumerate(layouts):
+        if layout.num_image_tokens == 0:
+            raise ValueError(
+                f"Row {row} of the prompt holds no image tokens, so there is nothing to explain. Build the prompt "
+                "with the model's processor from an image and a text holding its image placeholder (for example "
+                "'<image>' for LLaVA)."
+            )
+    decoder_layers = adapter.decoder_layers(model)
+    selected = select_layers(layers, len(decoder_layers))
+    token_mask, counted = token_masks(model, new_tokens, eos_token_id, special_token_ids)
+    # Steps after every row has ended are all masked: no need to explain them.
+    steps = int(token_mask.any(dim=0).nonzero().max()) + 1
+
+    teacher_ids = sequences[:, : prompt_length + steps - 1].to(input_ids.device)
+    teacher_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, steps - 1)], dim=1)
+    length = teacher_ids.shape[1]
+    chosen_positions = torch.arange(prompt_length - 1, prompt_length - 1 + steps, device=input_ids.device)
+
+    rows, hidden = _relevancy_rows(
+        model,
+        adapter,
+        decoder_layers,
+        selected,
+        teacher_ids,
+        teacher_mask,
+        extra,
+        new_tokens[:, :steps],
+        chosen_positions,
+        target=target,
+        token_chunk_size=token_chunk_size,
+        show_progress=show_progress,
+        keep_hidden=return_hidden_states,
+    )  # rows: (batch, steps, length)
+
+    num_new = new_tokens.shape[1]
+    image_index, image_mask = _image_index(layouts, rows.device)
+    picked = rows.gather(2, image_index.unsqueeze(1).expand(-1, steps, -1))
+    relevancy = torch.full((batch, num_new, image_index.shape[1]), math.nan, dtype=rows.dtype, device=rows.device)
+    relevancy[:, :steps] = picked
+    token_mask = token_mask.to(rows.device)
+    relevancy = relevancy.masked_fill(~(token_mask.unsqueeze(-1) & image_mask.unsqueeze(1)), math.nan)
+    confidence = map_confidence(relevancy, image_mask.unsqueeze(1))
+    result = FastRMResult(
+        relevancy=relevancy,
+        confidence=confidence,
+        sequence_confidence=sequence_confidence(confidence, counted.to(rows.device)),
+        token_mask=token_mask,
+        image_token_mask=image_mask,
+        image_layouts=layouts,
+        method="gradient",
+    )
+    output = TeacherOutput(result=result, layers=selected, target=target)
+
+    if return_text_relevancy:
+        seq_len = sequences.shape[1]
+        text = torch.full((batch, num_new, seq_len), math.nan, dtype=rows.dtype, device=rows.device)
+        text[:, :steps, :length] = rows
+        position = torch.arange(seq_len, device=rows.device)
+        visible = position.view(1, 1, -1) <= (prompt_length - 1 + torch.arange(num_new, device=rows.device)).view(
+            1, -1, 1
+        )
+        valid = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(batch, seq_len - prompt_length).bool()], dim=1)
+        valid = valid.to(rows.device)
+        for row, layout in enumerate(layouts):
+            valid[row, layout.image_positions.to(rows.device)] = False
+        keep = visible & valid.unsqueeze(1) & token_mask.unsqueeze(-1)
+        output.text_relevancy = text.masked_fill(~keep, math.nan)
+
+    if return_hidden_states:
+        width = hidden.shape[-1]
+        image_states = hidden.gather(1, image_index.to(hidden.device).unsqueeze(-1).expand(-1, -1, width))
+        output.image_hidden_states = image_states * image_mask.to(hidden.device).unsqueeze(-1)
+        token_states = hidden.new_zeros(batch, num_new, width)
+        token_states[:, :steps] = hidden[:, chosen_positions.to(hidden.device)]
+        output.token_hidden_states = token_states
+    return output
+
+
+def gradient_relevancy_for_outputs(model: nn.Module, outputs: Any, inputs: dict[str, Any]) -> FastRMResult:
+    """The teacher's maps for a finished `generate()` call (what ``FastRMWrapper.generate(...,
+    return_relevancy="gradient")`` returns).
+
+    The returned sequences are teacher-forced, so the maps are exact for whatever produced them: greedy, sampling,
+    or beam search (each returned beam is explained as the sequence it is; ``beam_indices`` are not needed).
+
+    Args:
+        model (`PreTrainedModel`): the model that generated.
+        outputs: `generate()`'s output (a `GenerateOutput` or the sequences tensor).
+        inputs (`dict`): the keyword arguments of that `generate()` call (prompt tensors and generation settings;
+            `eos_token_id` or `generation_config` there are honoured).
+    """
+    sequences = getattr(outputs, "sequences", outputs)
+    if not isinstance(outputs, (torch.Tensor, GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput)):
+        raise TypeError(
+            f"`outputs` must be generate()'s output of a decoder-only model, got {type(outputs).__name__}."
+        )
+    eos_token_id = inputs.get("eos_token_id")
+    if eos_token_id is None and inputs.get("generation_config") is not None:
+        eos_token_id = getattr(inputs["generation_config"], "eos_token_id", None)
+    return gradient_relevancy(model, inputs, sequences, eos_token_id=eos_token_id).result
+
+
+# ---------------------------------------------------------------------------------------------------- the core
+def _relevancy_rows(
+    model: nn.Module,
+    adapter: Any,
+    decoder_layers: nn.ModuleList,
+    selected: list[int],
+    teacher_ids: torch.Tensor,
+    teacher_mask: torch.Tensor,
+    extra: dict[str, Any],
+    chosen_tokens: torch.Tensor,
+    chosen_positions: torch.Tensor,
+    *,
+    target: str,
+    token_chunk_size: int,
+    show_progress: bool,
+    keep_hidden: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Row ``p`` of ``R`` for every token: `(batch, steps, length)`; and the final-norm output `(batch, length,
+    hidden)` when `keep_hidden`."""
+    batch, length = teacher_ids.shape
+    steps = chosen_tokens.shape[1]
+    language_model = adapter.language_model(model)
+    norm = adapter.final_norm(model)
+    recorded: dict[str, torch.Tensor] = {}
+
+    def keep_last_hidden(module: nn.Module, args: tuple, output: Any) -> None:
+        recorded["hidden"] = (output[0] if isinstance(output, tuple) else output).detach()
+
+    forward_kwargs = dict(extra)
+    forward_parameters = inspect.signature(model.forward).parameters
+    if "position_ids" in forward_parameters and not _computes_own_positions(model):
+        forward_kwargs["position_ids"] = generation_position_ids(teacher_mask)
+    if "logits_to_keep" in forward_parameters:
+        forward_kwargs["logits_to_keep"] = steps
+
+    capture = AttentionCapture(model, language_model, decoder_layers, selected)
+    handle = norm.register_forward_hook(keep_last_hidden) if keep_hidden else None
+    try:
+        with frozen(model), capture, torch.enable_grad():
+            outputs = model(
+                input_ids=teacher_ids, attention_mask=teacher_mask, use_cache=False, return_dict=True, **forward_kwargs
+            )
+            missing = sorted(set(range(len(decoder_layers))) - set(capture.called_layers))
+            if missing:
+                raise RuntimeError(
+                    f"The attention of language-model layers {missing} of {type(model).__name__} did not go through "
+                    "transformers' AttentionInterface, so the gradient teacher cannot record it. This family's "
+                    "attention modules must call `ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, "
+                    "...)` (as Llama, Mistral, Qwen2 and Gemma do)."
+                )
+            logits = outputs.logits[:, -steps:]  # (batch, steps, vocab): positions that chose the new tokens
+            del outputs
+            rel_dtype = relevance_dtype(logits.dtype)
+            scores = logits.to(rel_dtype)
+            if target == "log_prob":
+                scores = torch.log_softmax(scores, dim=-1)
+            targets = scores.gather(-1, chosen_tokens.to(scores.device).unsqueeze(-1)).squeeze(-1)  # (batch, steps)
+            del logits, scores
+            probes = [capture.probes[layer] for layer in selected]
+            rows = torch.zeros(batch, steps, length, dtype=rel_dtype, device=targets.device)
+            chunk = min(token_chunk_size, steps)
+            start = 0
+            with tqdm(total=steps, desc="Gradient relevancy", unit="token", disable=not show_progress) as progress:
+                while start < steps:
+                    stop = min(start + chunk, steps)
+                    try:
+                        layer_relevance = _chunk_relevance(targets, probes, start, stop)
+                    except torch.cuda.OutOfMemoryError:
+                        if chunk == 1:
+                            raise
+                        chunk = max(1, chunk // 2)
+                        logger.warning(
+                            f"Out of memory with {stop - start} tokens per backward; retrying with {chunk}."
+                        )
+                        _empty_cache(targets.device)
+                        continue
+                    positions = chosen_positions[start:stop].to(rows.device)
+                    rows[:, start:stop] = _propagate(layer_relevance, positions, length).transpose(0, 1)
+                    del layer_relevance
+                    progress.update(stop - start)
+                    start = stop
+    finally:
+        if handle is not None:
+            handle.remove()
+        capture.release()
+    return rows, recorded.get("hidden")
+
+
+def _chunk_relevance(targets: torch.Tensor, probes: list[torch.Tensor], start: int, stop: int) -> list[torch.Tensor]:
+    """``Abar_l`` for tokens ``start..stop-1`` and each probed layer (first to last): `(tokens, batch, n, n)` each.
+
+    Batch rows are independent, so one backward of the sum over rows serves all of them. The graph is kept (a
+    chunk that runs out of memory is retried); it goes when the targets and probes do.
+    """
+    seeds = targets[:, start:stop].sum(dim=0)  # (tokens,)
+    count = stop - start
+    if count == 1:
+        grads = torch.autograd.grad(seeds[0], probes, retain_graph=True)
+        return [grad.unsqueeze(0) for grad in grads]
+
+    # torch.func.vmap rather than `is_grads_batched=True`: the latter's older batching lacks rules for ops of the
+    # backward (addcmul, ...) and falls back to a per-token loop with a concatenation.
+    def one_token(seed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.autograd.grad(seeds, probes, grad_outputs=seed, retain_graph=True)
+
+    eye = torch.eye(count, dtype=seeds.dtype, device=seeds.device)
+    return list(torch.func.vmap(one_token)(eye))
+
+
+def _propagate(layer_relevance: list[torch.Tensor], positions: torch.Tensor, length: int) -> torch.Tensor:
+    """Row ``p`` of ``(I + Abar_L) ... (I + Abar_1)`` as a vector: `(tokens, batch, length)`, on `positions`' device
+    (layers may sit on several devices)."""
+    tokens, batch = layer_relevance[0].shape[:2]
+    start = torch.nn.functional.one_hot(positions, length).to(layer_relevance[0].dtype)
+    row = start.unsqueeze(1).expand(tokens, batch, length).unsqueeze(2)
+    for relevance in reversed(layer_relevance):
+        row = row + row @ relevance.to(row.device)
+    return row.squeeze(2)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def prompt_inputs(
+    model: nn.Module, inputs: dict[str, Any], sequences: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """`(input_ids, attention_mask, other forward inputs)` of the prompt, expanded to the rows of `sequences`, after
+    checking that every row of `sequences` starts with its prompt."""
+    if not isinstance(inputs, dict) and hasattr(inputs, "keys"):
+        inputs = dict(inputs)
+    input_ids = inputs.get("input_ids")
+    if input_ids is None:
+        raise ValueError(
+            "The gradient teacher needs the prompt's `input_ids` (to find the image tokens and check `sequences`); "
+            "pass the processor's output, not `inputs_embeds`."
+        )
+    if input_ids.ndim == 1:
+        input_ids = input_ids.unsqueeze(0)
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    parameters = inspect.signature(model.forward).parameters
+    extra = {
+        key: value
+        for key, value in inputs.items()
+        if key in parameters and key not in _NOT_PROMPT_INPUTS and value is not None
+    }
+    rows, prompts = sequences.shape[0], input_ids.shape[0]
+    if rows != prompts:
+        if rows % prompts:
+            raise ValueError(
+                f"`sequences` has {rows} rows for {prompts} prompts; expected a multiple (num_return_sequences)."
+            )
+        input_ids, expanded = model._expand_inputs_for_generation(
+            expand_size=rows // prompts, input_ids=input_ids, attention_mask=attention_mask, **extra
+        )
+        attention_mask = expanded.pop("attention_mask")
+        extra = expanded
+    prompt_length = input_ids.shape[1]
+    if sequences.shape[1] <= prompt_length:
+        raise ValueError(
+            f"`sequences` has {sequences.shape[1]} positions and the prompt {prompt_length}: there is no generated "
+            "token to explain. Pass generate()'s output sequences (prompt + new tokens)."
+        )
+    mismatched = (sequences[:, :prompt_length].to(input_ids.device) != input_ids).any(dim=1).nonzero().flatten()
+    if mismatched.numel():
+        raise ValueError(
+            f"Rows {mismatched.tolist()} of `sequences` do not start with their prompt's `input_ids`. Pass the same "
+            "inputs that generate() received and its output sequences, in the same row order."
+        )
+    return input_ids, attention_mask.to(input_ids.device), extra
+
+
+def select_layers(layers: list[int] | None, num_layers: int) -> list[int]:
+    """Sorted, de-duplicated, non-negative layer indices (all layers when `layers` is None)."""
+    if layers is None:
+        return list(range(num_layers))
+    if isinstance(layers, int):
+        layers = [layers]
+    chosen = set()
+    for layer in layers:
+        if not isinstance(layer, int) or not -num_layers <= layer < num_layers:
+            raise ValueError(f"Layer {layer!r} does not exist: the language model has {num_layers} layers.")
+        chosen.add(layer % num_layers)
+    if not chosen:
+        raise ValueError("`layers` is empty: name at least one language-model layer (or None for all).")
+    return sorted(chosen)
+
+
+def token_masks(
+    model: nn.Module,
+    new_tokens: torch.Tensor,
+    eos_token_id: int | list[int] | None = None,
+    special_token_ids: list[int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens generated up to and including the row's end of sequence, those of them that are not special), each
+    `(batch, new_tokens)`."""
+    config = getattr(model, "generation_config", None)
+    eos = _ids(eos_token_id if eos_token_id is not None else getattr(config, "eos_token_id", None))
+    if special_token_ids is None:
+        special = sorted(
+            {i for name in ("eos_token_id", "pad_token_id", "bos_token_id") for i in _ids(getattr(config, name, None))}
+            | set(eos)
+        )
+    else:
+        special = [int(i) for i in special_token_ids]
+    device = new_tokens.device
+    is_eos = torch.isin(new_tokens, torch.as_tensor(eos, dtype=new_tokens.dtype, device=device))
+    ended_before = torch.zeros_like(is_eos)
+    ended_before[:, 1:] = is_eos.cumsum(dim=1)[:, :-1] > 0
+    token_mask = ~ended_before
+    counted = token_mask & ~torch.isin(new_tokens, torch.as_tensor(special, dtype=new_tokens.dtype, device=device))
+    return token_mask, counted
+
+
+def generation_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids as `generate()` gives them: counting only attended tokens (left padding starts at 0)."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+def _computes_own_positions(model: nn.Module) -> bool:
+    # Multimodal rotary models (Qwen2-VL and kin) derive 3-D positions from the image grids themselves.
+    return any(hasattr(module, "get_rope_index") for module in (model, getattr(model, "model", None)) if module)
+
+
+def _image_index(layouts: list[RowImageLayout], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(batch, image_tokens)` positions (0 in padding slots) and the mask of real slots."""
+    width = max(layout.num_image_tokens for layout in layouts)
+    index = torch.zeros(len(layouts), width, dtype=torch.long)
+    mask = torch.zeros(len(layouts), width, dtype=torch.bool)
+    for row, layout in enumerate(layouts):
+        index[row, : layout.num_image_tokens] = layout.image_positions
+        mask[row, : layout.num_image_tokens] = True
+    return index.to(device), mask.to(device)
+
+
+def _ids(value: int | list[int] | None) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [int(v) for v in value.flatten().tolist()]
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
