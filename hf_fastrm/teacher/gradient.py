@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
-from transformers.utils import logging
+from transformers.utils import ModelOutput, logging
 
 from ..architectures import RowImageLayout, get_adapter
 from ..confidence import map_confidence, sequence_confidence
@@ -178,6 +178,7 @@ def gradient_relevancy(
 
     teacher_ids = sequences[:, : prompt_length + steps - 1].to(input_ids.device)
     teacher_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, steps - 1)], dim=1)
+    extra = extend_per_token_inputs(model, extra, prompt_length, steps - 1)
     length = teacher_ids.shape[1]
     chosen_positions = torch.arange(prompt_length - 1, prompt_length - 1 + steps, device=input_ids.device)
 
@@ -434,6 +435,33 @@ def prompt_inputs(
             "inputs that generate() received and its output sequences, in the same row order."
         )
     return input_ids, attention_mask.to(input_ids.device), extra
+
+
+def extend_per_token_inputs(
+    model: nn.Module, extra: dict[str, Any], prompt_length: int, new_tokens: int
+) -> dict[str, Any]:
+    """Per-token prompt tensors (``token_type_ids``, ``mm_token_type_ids``, ...), `(batch, prompt_len)`, extended
+    over `new_tokens` generated positions by the model's own generation rule (``_update_model_kwargs_for_generation``,
+    one step at a time as `generate()` applies it; PaliGemma, for one, marks generated tokens as its causal suffix).
+    """
+    per_token = {
+        key: value
+        for key, value in extra.items()
+        if key.endswith("token_type_ids") and isinstance(value, torch.Tensor) and value.shape[-1] == prompt_length
+    }
+    if not per_token or new_tokens == 0:
+        return extra
+    update = getattr(model, "_update_model_kwargs_for_generation", None)
+    extended = dict(per_token)
+    try:
+        for _ in range(new_tokens):
+            extended = update(ModelOutput(), extended, num_new_tokens=1)
+    except (AttributeError, KeyError, TypeError):  # no (usable) rule: generate()'s generic one
+        extended = dict(per_token)
+        for key, value in per_token.items():
+            tail = value[..., -1:] if key == "token_type_ids" else value.new_zeros(*value.shape[:-1], 1)
+            extended[key] = torch.cat([value, tail.expand(*value.shape[:-1], new_tokens)], dim=-1)
+    return {**extra, **{key: extended[key] for key in per_token}}
 
 
 def select_layers(layers: list[int] | None, num_layers: int) -> list[int]:
