@@ -25,10 +25,7 @@ class Qwen2VLAdapter(ArchitectureAdapter):
         "one (h/merge, w/merge) grid per image from `image_grid_thw` (merged patches, row-major); one "
         "(t, h/merge, w/merge) grid per video from `video_grid_thw`"
     )
-    teacher_support = (
-        "blocked: the teacher's teacher-forced forward gets prompt-length `mm_token_type_ids` (must be extended by the "
-        "generated tokens); xfail in tests/models"
-    )
+    teacher_support = "yes (qwen3_vl_moe: exact but slow, its grouped expert matmul has no vmap rule)"
     tested_configs = (
         "qwen2_vl: patch 2, merge 2; images 8x12, 16x8, 12x12 (2 rows)",
         "qwen2_vl-video: the same plus a 4-frame video (grid_thw 2x4x6)",

@@ -576,11 +576,7 @@ def qwen_case(model_type: str, video: bool = False) -> FamilyCase:
     rows = [[("image 0", grid(*sizes[0]))], [("image 0", grid(*sizes[1])), ("image 1", grid(*sizes[2]))]]
     if video:
         rows[1].insert(0, ("video 0", (video_thw[0], video_thw[1] // 2, video_thw[2] // 2)))
-    issue = (
-        "the teacher's forward gets the prompt-length `mm_token_type_ids` with the longer generated sequences "
-        "(per-token prompt tensors must be extended by the new tokens)"
-    )
-    return FamilyCase(f"{model_type}-video" if video else model_type, build, rows, mrope=True, teacher_issue=issue)
+    return FamilyCase(f"{model_type}-video" if video else model_type, build, rows, mrope=True)
 
 
 # ---------------------------------------------------------------------------------------------------- Idefics3 / SmolVLM
