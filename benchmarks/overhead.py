@@ -151,10 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'ratio':14}{figures['time_ratio']:>10.4f}{figures['memory_ratio']:>12.4f}"
         "   (goals: time <= 1.02, memory <= 1.005)"
     )
-    print(f"FastRM's own work per call, timed in isolation (keys at prefill, {args.new_tokens} head steps, result "
-          f"assembly): {isolated * 1000:.2f} ms = {isolated / figures['plain_time_s']:.2%} of plain generate")
-    print(f"tokens identical with and without FastRM in {fastrm_identical}/{args.repeats} paired runs; plain generate "
-          f"{'is' if plain_reproducible else 'is NOT'} reproducible across runs on this device")
+    print(
+        f"FastRM's own work per call, timed in isolation (keys at prefill, {args.new_tokens} head steps, result "
+        f"assembly): {isolated * 1000:.2f} ms = {isolated / figures['plain_time_s']:.2%} of plain generate"
+    )
+    print(
+        f"tokens identical with and without FastRM in {fastrm_identical}/{args.repeats} paired runs; plain generate "
+        f"{'is' if plain_reproducible else 'is NOT'} reproducible across runs on this device"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
