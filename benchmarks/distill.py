@@ -32,38 +32,10 @@ sys.path.insert(0, str(ROOT))
 from hf_fastrm.distill import distill, train_head  # noqa: E402
 from hf_fastrm.distill.corpus import Corpus  # noqa: E402
 from hf_fastrm.distill.shards import list_shards, read_shard_info  # noqa: E402
-from hf_fastrm.testing_utils import benchmark_llava  # noqa: E402
+from hf_fastrm.testing_utils import benchmark_llava, tiny_llava_processor  # noqa: E402
 
 PROMPT_TEMPLATE = "w5 w6 {image}\n{question} w7 w8"
 """LLaVA-1.5's prompt shape ("USER: <image>\n... ASSISTANT:") in the benchmark vocabulary's words."""
-
-
-def word_processor(vocab_size: int, image_token_id: int):
-    """A LlavaProcessor with a word-level tokenizer over the model's vocabulary and a 336 px CLIP image processor."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"w{i}": i for i in range(3, vocab_size) if i != image_token_id})
-    vocab["<image>"] = image_token_id
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
 
 
 def synthetic_corpus(count: int, question_words: int, seed: int) -> Corpus:
@@ -99,7 +71,13 @@ def main(argv: list[str] | None = None) -> dict:
     model = benchmark_llava(args.preset, device, num_layers=args.num_layers)
     build_seconds = time.perf_counter() - began
     text_config = model.config.get_text_config()
-    processor = word_processor(text_config.vocab_size, model.config.image_token_id)
+    processor = tiny_llava_processor(
+        image_size=model.config.vision_config.image_size,
+        patch_size=model.config.vision_config.patch_size,
+        vocab_size=text_config.vocab_size,
+        image_token_id=model.config.image_token_id,
+        words=(),
+    )
     with tempfile.TemporaryDirectory() as scratch:
         root = args.output_dir or scratch
         common = dict(

@@ -250,10 +250,19 @@ TINY_WORDS: tuple[str, ...] = (
 """Words of the tiny tokenizer (ids 3, 4, ...); the remaining ids up to the image token are ``w<id>``."""
 
 
-def tiny_llava_processor(image_size: int = 8, patch_size: int = 2, chat_template: str | None = None):
-    """A `LlavaProcessor` for [`tiny_llava`]: a word-level tokenizer over its 99 ids (``<pad>`` 0, ``<s>`` 1,
-    ``</s>`` 2, `TINY_WORDS`, filler words ``w<id>``, ``<image>`` 98) and a CLIP image processor (PIL backend) that
-    resizes and centre-crops to `image_size`. Built offline; `save_pretrained` / `AutoProcessor` round-trip it."""
+def tiny_llava_processor(
+    image_size: int = 8,
+    patch_size: int = 2,
+    chat_template: str | None = None,
+    *,
+    vocab_size: int = TINY_VOCAB,
+    image_token_id: int = TINY_IMAGE_TOKEN_ID,
+    words: tuple[str, ...] = TINY_WORDS,
+):
+    """A `LlavaProcessor` for [`tiny_llava`] (or any random LLaVA): a word-level tokenizer over `vocab_size` ids
+    (``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, then `words`, then filler words ``w<id>``, and ``<image>`` at
+    `image_token_id`) and a CLIP image processor (PIL backend) that resizes and centre-crops to `image_size`. Built
+    offline; `save_pretrained` / `AutoProcessor` round-trip it."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlavaProcessor, PreTrainedTokenizerFast
 
@@ -262,17 +271,18 @@ def tiny_llava_processor(image_size: int = 8, patch_size: int = 2, chat_template
     except ImportError:  # transformers releases without separate image-processor backends
         from transformers import CLIPImageProcessor as image_processor_class
 
-    words = ["<pad>", "<s>", "</s>", *TINY_WORDS]
-    words += [f"w{index}" for index in range(len(words), TINY_IMAGE_TOKEN_ID)] + ["<image>"]
-    vocab = {word: index for index, word in enumerate(words)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token=f"w{TINY_IMAGE_TOKEN_ID - 1}"))
+    vocab = {word: index for index, word in enumerate(["<pad>", "<s>", "</s>", *words])}
+    vocab.update({f"w{index}": index for index in range(len(vocab), vocab_size) if index != image_token_id})
+    vocab["<image>"] = image_token_id
+    unknown = f"w{image_token_id - 1}"
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=unknown))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
-        unk_token=f"w{TINY_IMAGE_TOKEN_ID - 1}",
+        unk_token=unknown,
         extra_special_tokens={"image_token": "<image>"},
         padding_side="left",
         clean_up_tokenization_spaces=False,

@@ -42,7 +42,7 @@ from hf_fastrm.distill import (
 )
 from hf_fastrm.distill import shards as shards_module
 from hf_fastrm.distill import train as train_module
-from hf_fastrm.testing_utils import tiny_llava
+from hf_fastrm.testing_utils import tiny_llava, tiny_llava_processor
 
 NUM_EXAMPLES = 12
 DISTILL_KWARGS = {"max_new_tokens": 4, "batch_size": 2, "examples_per_shard": 4, "storage_dtype": "float32"}
@@ -51,29 +51,7 @@ DISTILL_KWARGS = {"max_new_tokens": 4, "batch_size": 2, "examples_per_shard": 4,
 # ---------------------------------------------------------------------------------------------- fixtures
 def tiny_processor():
     """A LlavaProcessor for `tiny_llava()`: word-level tokenizer over its 99 ids, 8 px images, 2 px patches."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPImageProcessor, LlavaProcessor, PreTrainedTokenizerFast
-
-    words = [f"w{i}" for i in range(3, 96)] + ["USER:", "ASSISTANT:"]
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{w: i for i, w in enumerate(words, start=3)}, "<image>": 98}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=2,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-    )
+    return tiny_llava_processor()
 
 
 def make_questions(count: int, seed: int = 0) -> list[str]:
