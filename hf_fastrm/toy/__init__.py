@@ -82,10 +82,35 @@ def load_default_processor():
     return LlavaProcessor.from_pretrained(DEFAULT_MODEL_DIR)
 
 
+def load_default_head(device: str | torch.device | None = None):
+    """The FastRM head distilled for the shipped model (`DEFAULT_HEAD_DIR`), in eval mode.
+
+    Raises:
+        `FileNotFoundError`: the head is missing (the message says how to build it).
+    """
+    from ..constants import CONFIG_NAME, WEIGHTS_NAME
+    from ..head import FastRMHead
+
+    missing = [
+        name for name in (CONFIG_NAME, WEIGHTS_NAME) if not os.path.isfile(os.path.join(DEFAULT_HEAD_DIR, name))
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"The default FastRM head is missing from {DEFAULT_HEAD_DIR} (no {', '.join(missing)}). Reinstall "
+            "hf_fastrm from a release or a full clone, or distil it: `python -m hf_fastrm.toy.build_head` (a few "
+            "minutes on a CPU) writes it there."
+        )
+    head = FastRMHead.from_pretrained(DEFAULT_HEAD_DIR)
+    if device is not None:
+        head = head.to(device)
+    return head.eval()
+
+
 __all__ = [
     "DEFAULT_HEAD_DIR",
     "DEFAULT_MODEL_DIR",
     "default_model_available",
+    "load_default_head",
     "load_default_model",
     "load_default_processor",
 ]

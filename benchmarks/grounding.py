@@ -1,0 +1,355 @@
+"""Grounding of the shipped toy model's relevancy maps, checked against the scenes' true object boxes.
+
+    python benchmarks/grounding.py                                  # 1,000 held-out scenes, CPU
+    python benchmarks/grounding.py --num-examples 2000 --seed 7 --json grounding.json --pictures docs/images/grounding
+
+Scenes and questions come from the seed stream ``grounding:<seed>`` (`hf_fastrm.toy.scenes.make_examples`), which
+no training script uses (`hf_fastrm.toy.train` draws from ``train:``, ``validation:``, ``test:``;
+`hf_fastrm.toy.build_head` from ``head-train:`` and ``head-test:``). Each question is answered greedily by
+`FastRMWrapper.generate(..., return_relevancy=True)` (FastRM maps and confidence); the teacher's gradient maps are
+computed for the same tokens (`gradient_relevancy_for_outputs`). Measured:
+
+* pointing game, on questions about an object in the scene: the peak patch of the map of the answer's first token
+  (its content word: the colour, shape, side, or the first word of the corner) lies among the patches the asked-about
+  object's box overlaps; for the teacher and for FastRM;
+* FastRM's agreement with the teacher over every answer token with a non-constant teacher map: F1 of the two maps
+  each min-max normalised and cut at ``--threshold`` (0.3), and AUROC of FastRM's map against the teacher's labels;
+* AUROC of confidence (one minus the normalised entropy of the map, `hf_fastrm.confidence`) for correct versus wrong
+  answers (sequence confidence) and for questions about present versus absent objects (the answer token's
+  confidence); the model's own probability of the answer token is shown beside it as a reference. An AUROC is
+  reported as not defined (null) when either class has fewer than ``--min-class`` examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+STREAM = "grounding"
+
+
+# ---------------------------------------------------------------------------------------------- metric helpers
+def pointing_hit(relevancy_map: np.ndarray | torch.Tensor, target_patches: np.ndarray) -> bool:
+    """Whether the map's peak lies inside the target.
+
+    Args:
+        relevancy_map (`(h, w)` or `(N,)`): one token's map; NaN entries are ignored.
+        target_patches (`(h, w)` or `(N,)`, bool): the object's patches, same layout.
+
+    Ties for the peak count as a hit only when every tied patch is in the target (a flat map points nowhere).
+    """
+    values = np.asarray(relevancy_map, dtype=np.float64).ravel()
+    target = np.asarray(target_patches, dtype=bool).ravel()
+    if values.shape != target.shape:
+        raise ValueError(f"The map has {values.size} patches but the target mask {target.size}.")
+    finite = np.isfinite(values)
+    if not finite.any():
+        return False
+    peak = values[finite].max()
+    peaks = finite & (values == peak)
+    return bool(target[peaks].all())
+
+
+def minmax(values: np.ndarray) -> np.ndarray:
+    """Min-max normalisation along the last axis (a constant row becomes zeros)."""
+    values = np.asarray(values, dtype=np.float64)
+    low = values.min(axis=-1, keepdims=True)
+    span = values.max(axis=-1, keepdims=True) - low
+    return np.where(span > 0, (values - low) / np.where(span > 0, span, 1.0), 0.0)
+
+
+def binary_f1(predicted: np.ndarray, reference: np.ndarray) -> float:
+    """F1 of boolean `predicted` against boolean `reference` (NaN when both are empty)."""
+    predicted = np.asarray(predicted, dtype=bool).ravel()
+    reference = np.asarray(reference, dtype=bool).ravel()
+    true_positives = int((predicted & reference).sum())
+    denominator = int(predicted.sum()) + int(reference.sum())
+    return math.nan if denominator == 0 else 2.0 * true_positives / denominator
+
+
+def defined_auroc(scores: list[float], labels: list[bool], min_class: int) -> tuple[float | None, str | None]:
+    """AUROC of `scores` for `labels`, or (None, why) when a class has fewer than `min_class` examples."""
+    from hf_fastrm.distill import auroc
+
+    positives = int(np.sum(labels))
+    negatives = len(labels) - positives
+    if min(positives, negatives) < max(1, min_class):
+        return None, f"not defined: {positives} positive and {negatives} negative examples (need {min_class} each)"
+    return float(auroc(np.asarray(scores), np.asarray(labels))), None
+
+
+# ---------------------------------------------------------------------------------------------- the evaluation
+def evaluate(
+    num_examples: int = 1000,
+    seed: int = 0,
+    *,
+    head_dir: str | None = None,
+    batch_size: int = 32,
+    threshold: float = 0.3,
+    min_class: int = 5,
+    device: str = "cpu",
+    pictures_dir: str | None = None,
+    num_pictures: int = 3,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Runs the evaluation (see the module docstring) and returns its report (JSON-ready)."""
+    from transformers.utils import logging
+
+    from hf_fastrm import FastRMWrapper
+    from hf_fastrm.head import FastRMHead
+    from hf_fastrm.teacher import gradient_relevancy_for_outputs
+    from hf_fastrm.toy import load_default_head, load_default_model, load_default_processor
+    from hf_fastrm.toy.modeling import format_prompt
+    from hf_fastrm.toy.scenes import make_examples
+
+    started = time.perf_counter()
+    model = load_default_model(device=device)
+    processor = load_default_processor()
+    head = (FastRMHead.from_pretrained(head_dir) if head_dir else load_default_head()).to(device).eval()
+    wrapper = FastRMWrapper(model, head)
+    patch_size = int(model.config.vision_config.patch_size)
+    tokenizer = processor.tokenizer
+    examples = make_examples(num_examples, seed=f"{STREAM}:{seed}")
+
+    rows: list[dict[str, Any]] = []
+    teacher_entries: list[np.ndarray] = []
+    fastrm_entries: list[np.ndarray] = []
+    pictures: list[str] = []
+    for start in logging.tqdm(
+        range(0, len(examples), batch_size), desc="grounding", unit="batch", disable=not show_progress
+    ):
+        batch = examples[start : start + batch_size]
+        inputs = processor(
+            images=[scene.image for scene, _ in batch],
+            text=[format_prompt(question.text) for _, question in batch],
+            return_tensors="pt",
+            padding=True,
+        ).to(device)
+        inputs = dict(inputs)
+        outputs = wrapper.generate(
+            **inputs,
+            max_new_tokens=4,
+            do_sample=False,
+            return_relevancy=True,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
+        teacher = gradient_relevancy_for_outputs(model, outputs, inputs)
+        prompt_length = inputs["input_ids"].shape[1]
+        probabilities = torch.stack([score.float().softmax(-1) for score in outputs.scores], dim=1)
+        for row, (scene, question) in enumerate(batch):
+            token_mask = outputs.token_mask[row].bool().cpu()
+            image_mask = outputs.image_token_mask[row].bool().cpu()
+            answer_ids = outputs.sequences[row, prompt_length:].cpu()[: token_mask.shape[0]][token_mask]
+            answer = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+            fastrm_maps = outputs.relevancy[row].float().cpu()[token_mask][:, image_mask].numpy()
+            teacher_maps = teacher.relevancy[row].float().cpu()[token_mask][:, image_mask].numpy()
+            first = int(torch.nonzero(token_mask)[0])
+            record: dict[str, Any] = {
+                "index": start + row,
+                "kind": question.kind,
+                "question": question.text,
+                "expected": question.answer,
+                "answer": answer,
+                "correct": answer == question.answer,
+                "present": question.present,
+                "sequence_confidence": float(outputs.sequence_confidence[row]),
+                "token_confidence": float(outputs.confidence[row, first]),
+                "teacher_token_confidence": float(teacher.confidence[row, first]),
+                "token_probability": float(probabilities[row, first, answer_ids[0]]),
+            }
+            if question.present:
+                target = question.target_object.patch_mask(patch_size).ravel()
+                record["fastrm_hit"] = pointing_hit(fastrm_maps[0], target)
+                record["teacher_hit"] = pointing_hit(teacher_maps[0], target)
+            rows.append(record)
+            usable = np.isfinite(teacher_maps).all(-1) & (np.ptp(np.nan_to_num(teacher_maps), axis=-1) > 0)
+            teacher_entries.append(minmax(teacher_maps[usable]).ravel())
+            fastrm_entries.append(minmax(np.nan_to_num(fastrm_maps[usable])).ravel())
+            if pictures_dir and question.present and len(pictures) < num_pictures:
+                grid = round(math.sqrt(fastrm_maps.shape[1]))
+                path = os.path.join(pictures_dir, f"grounding-{len(pictures)}.png")
+                side_by_side(
+                    scene.image,
+                    teacher_maps[0].reshape(grid, grid),
+                    fastrm_maps[0].reshape(grid, grid),
+                    question.target_object.box,
+                    processor,
+                    path,
+                )
+                pictures.append(path)
+
+    teacher_all = np.concatenate(teacher_entries) if teacher_entries else np.zeros(0)
+    fastrm_all = np.concatenate(fastrm_entries) if fastrm_entries else np.zeros(0)
+    teacher_labels = teacher_all >= threshold
+    from hf_fastrm.distill import auroc
+
+    present = [row for row in rows if row["present"]]
+    correct_present = [row for row in present if row["correct"]]
+    correctness_auroc, correctness_note = defined_auroc(
+        [row["sequence_confidence"] for row in rows], [row["correct"] for row in rows], min_class
+    )
+    presence_auroc, presence_note = defined_auroc(
+        [row["token_confidence"] for row in rows], [row["present"] for row in rows], min_class
+    )
+    teacher_presence_auroc, _ = defined_auroc(
+        [row["teacher_token_confidence"] for row in rows], [row["present"] for row in rows], min_class
+    )
+    probability_correct_auroc, _ = defined_auroc(
+        [row["token_probability"] for row in rows], [row["correct"] for row in rows], min_class
+    )
+    probability_presence_auroc, _ = defined_auroc(
+        [row["token_probability"] for row in rows], [row["present"] for row in rows], min_class
+    )
+
+    def rate(key: str, subset: list[dict[str, Any]]) -> float | None:
+        return float(np.mean([row[key] for row in subset])) if subset else None
+
+    report = {
+        "command": "python benchmarks/grounding.py " + " ".join(sys.argv[1:]),
+        "seed_stream": f"{STREAM}:{seed}",
+        "num_examples": len(rows),
+        "num_present": len(present),
+        "num_absent": len(rows) - len(present),
+        "accuracy": rate("correct", rows),
+        "num_wrong": sum(not row["correct"] for row in rows),
+        "pointing_game": {
+            "teacher": rate("teacher_hit", present),
+            "fastrm": rate("fastrm_hit", present),
+            "teacher_correct_answers": rate("teacher_hit", correct_present),
+            "fastrm_correct_answers": rate("fastrm_hit", correct_present),
+            "by_kind": {
+                kind: {"teacher": rate("teacher_hit", subset), "fastrm": rate("fastrm_hit", subset), "n": len(subset)}
+                for kind in sorted({row["kind"] for row in present})
+                for subset in [[row for row in present if row["kind"] == kind]]
+            },
+        },
+        "agreement": {
+            "threshold": threshold,
+            "f1": binary_f1(fastrm_all >= threshold, teacher_labels),
+            "auroc": float(auroc(fastrm_all, teacher_labels)) if teacher_all.size else None,
+            "num_entries": int(teacher_all.size),
+        },
+        "confidence_auroc": {
+            "correct_vs_wrong": correctness_auroc,
+            "correct_vs_wrong_note": correctness_note,
+            "present_vs_absent": presence_auroc,
+            "present_vs_absent_note": presence_note,
+            "teacher_present_vs_absent": teacher_presence_auroc,
+            "model_probability_correct_vs_wrong": probability_correct_auroc,
+            "model_probability_present_vs_absent": probability_presence_auroc,
+        },
+        "head": head_dir or "hf_fastrm/toy/assets/head",
+        "head_dim": head.config.head_dim,
+        "pictures": pictures,
+        "seconds": round(time.perf_counter() - started, 1),
+        "examples": rows,
+    }
+    return report
+
+
+def side_by_side(
+    image: Any, teacher_map: np.ndarray, fastrm_map: np.ndarray, box: tuple, processor: Any, path: str, size: int = 144
+) -> None:
+    """Writes a PNG: the image with the object's box, the teacher's map and FastRM's map, side by side."""
+    from PIL import Image, ImageDraw
+
+    from hf_fastrm.viz import overlay
+    from hf_fastrm.viz.explain import model_view
+
+    view = model_view(image, processor.image_processor)
+    scale = size / view.size[0]
+    framed = view.resize((size, size), Image.Resampling.NEAREST)
+    left, top, right, bottom = box
+    ImageDraw.Draw(framed).rectangle(
+        (left * scale, top * scale, right * scale - 1, bottom * scale - 1), outline=(0, 0, 0), width=2
+    )
+    panels = [framed, overlay(view, teacher_map, size=(size, size)), overlay(view, fastrm_map, size=(size, size))]
+    canvas = Image.new("RGB", (3 * size + 8, size), (255, 255, 255))
+    for index, panel in enumerate(panels):
+        canvas.paste(panel, (index * (size + 4), 0))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    canvas.save(path)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The printable summary of a report."""
+
+    def shown(value: float | None) -> str:
+        return "not defined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+    pointing, agreement, confidence = report["pointing_game"], report["agreement"], report["confidence_auroc"]
+    rows = [
+        (
+            "examples (present / absent)",
+            f"{report['num_examples']} ({report['num_present']} / {report['num_absent']})",
+        ),
+        ("answer accuracy", f"{shown(report['accuracy'])} ({report['num_wrong']} wrong)"),
+        ("pointing game, teacher", shown(pointing["teacher"])),
+        ("pointing game, FastRM", shown(pointing["fastrm"])),
+        (f"F1 vs teacher at {agreement['threshold']}", shown(agreement["f1"])),
+        ("AUROC vs teacher", shown(agreement["auroc"])),
+        ("confidence AUROC, correct vs wrong", shown(confidence["correct_vs_wrong"])),
+        ("confidence AUROC, present vs absent", shown(confidence["present_vs_absent"])),
+        ("  teacher's map confidence", shown(confidence["teacher_present_vs_absent"])),
+        ("  model probability, present vs absent", shown(confidence["model_probability_present_vs_absent"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'measure':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    for note in (confidence["correct_vs_wrong_note"], confidence["present_vs_absent_note"]):
+        if note:
+            lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-examples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0, help="names the scene stream grounding:<seed>")
+    parser.add_argument("--head", default=None, help="a head folder (the shipped head by default)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threshold", type=float, default=0.3)
+    parser.add_argument("--min-class", type=int, default=5, help="fewest examples per class for an AUROC")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", default=None, help="write the report (with per-example rows) here")
+    parser.add_argument("--pictures", default=None, help="folder for side-by-side PNGs (image, teacher, FastRM)")
+    parser.add_argument("--num-pictures", type=int, default=3)
+    args = parser.parse_args(argv)
+    report = evaluate(
+        args.num_examples,
+        args.seed,
+        head_dir=args.head,
+        batch_size=args.batch_size,
+        threshold=args.threshold,
+        min_class=args.min_class,
+        device=args.device,
+        pictures_dir=args.pictures,
+        num_pictures=args.num_pictures,
+    )
+    print(format_table(report))
+    if args.json:
+        from hf_fastrm.utils.io import atomic_write_text
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {key: clean(item) for key, item in value.items()}
+            if isinstance(value, list):
+                return [clean(item) for item in value]
+            return None if isinstance(value, float) and not math.isfinite(value) else value
+
+        atomic_write_text(args.json, json.dumps(clean(report), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The grounding evaluation's helpers, the toy head's build script (tiny) and the shipped head."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from hf_fastrm import FastRMWrapper
+from hf_fastrm.head import FastRMHead
+from hf_fastrm.toy import DEFAULT_HEAD_DIR, default_model_available, load_default_model, load_default_processor
+from hf_fastrm.toy.modeling import format_prompt
+from hf_fastrm.toy.scenes import make_examples
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_model = pytest.mark.skipif(not default_model_available(), reason="the shipped toy model is not in this tree")
+
+
+def _load_grounding():
+    spec = importlib.util.spec_from_file_location(
+        "grounding_benchmark", os.path.join(ROOT, "benchmarks", "grounding.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+grounding = _load_grounding()
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def test_pointing_hit_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        values = rng.integers(0, 4, size=(3, 3)).astype(float)
+        if rng.random() < 0.2:
+            values[rng.integers(0, 3), rng.integers(0, 3)] = np.nan
+        target = rng.random((3, 3)) < 0.4
+        peak = np.nanmax(values)
+        expected = all(target[i, j] for i, j in itertools.product(range(3), range(3)) if values[i, j] == peak)
+        assert grounding.pointing_hit(values, target) == expected
+    assert not grounding.pointing_hit(np.full(4, np.nan), np.ones(4, dtype=bool))
+    assert not grounding.pointing_hit(np.ones(4), np.array([True, True, False, True]))  # flat map points nowhere
+    with pytest.raises(ValueError, match="patches"):
+        grounding.pointing_hit(np.ones(4), np.ones(5, dtype=bool))
+
+
+def test_auroc_and_f1_match_brute_force():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, size=40).astype(float)
+    labels = rng.random(40) < 0.4
+    pairs = [(p, n) for p in scores[labels] for n in scores[~labels]]
+    expected = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in pairs) / len(pairs)
+    value, note = grounding.defined_auroc(list(scores), list(labels), min_class=1)
+    assert note is None and value == pytest.approx(expected)
+
+    value, note = grounding.defined_auroc([0.1, 0.2, 0.3], [True, True, True], min_class=1)
+    assert value is None and "not defined" in note
+    value, note = grounding.defined_auroc([0.1, 0.2, 0.3, 0.4], [True, True, True, False], min_class=2)
+    assert value is None and "1 negative" in note
+
+    predicted = rng.random(50) < 0.5
+    reference = rng.random(50) < 0.5
+    tp = sum(p and r for p, r in zip(predicted, reference, strict=True))
+    fp = sum(p and not r for p, r in zip(predicted, reference, strict=True))
+    fn = sum(r and not p for p, r in zip(predicted, reference, strict=True))
+    assert grounding.binary_f1(predicted, reference) == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert np.isnan(grounding.binary_f1(np.zeros(3, bool), np.zeros(3, bool)))
+
+    rows = np.array([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])
+    np.testing.assert_allclose(grounding.minmax(rows), [[0.0, 1.0, 0.5], [0.0, 0.0, 0.0]])
+
+
+# ---------------------------------------------------------------------------------------------- the head
+def _assert_head_runs_with_model(head: FastRMHead) -> None:
+    model, processor = load_default_model(), load_default_processor()
+    head.check_compatible(model.config)  # names, widths and model type agree with the shipped model
+    scene, question = make_examples(1, seed="test-grounding")[0]
+    inputs = dict(processor(images=scene.image, text=format_prompt(question.text), return_tensors="pt"))
+    plain = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    out = FastRMWrapper(model, head).generate(**inputs, max_new_tokens=4, do_sample=False, return_relevancy=True)
+    assert torch.equal(out.sequences, plain)
+    maps = out.relevancy[0][out.token_mask[0].bool()]
+    assert maps.shape[-1] == 36 and torch.isfinite(maps).all()
+
+
+@needs_model
+def test_build_head_tiny_end_to_end(tmp_path):
+    from hf_fastrm.toy.build_head import BUILD_INFO_NAME, main
+
+    output = tmp_path / "head"
+    output.mkdir()
+    (output / "stale.txt").write_text("replaced atomically")
+    argv = ["--output-dir", str(output), "--work-dir", str(tmp_path / "work"), "--train-examples", "24"]
+    argv += ["--test-examples", "8", "--epochs", "1", "--head-dim", "16", "--val-fraction", "0.25"]
+    assert main(argv) == 0
+    assert not (output / "stale.txt").exists()
+    assert not [name for name in os.listdir(tmp_path) if name.endswith((".tmp", ".old"))]
+    head = FastRMHead.from_pretrained(output)
+    assert head.config.head_dim == 16 and head.config.label_threshold == 0.3
+    assert 0.0 <= head.config.metrics["test_f1"] <= 1.0 and head.config.metrics["test_examples"] == 8
+    record = json.loads((output / BUILD_INFO_NAME).read_text())
+    assert record["seed_streams"] == {"train": "head-train:0", "test": "head-test:0"}
+    assert "F1" in (output / "README.md").read_text()
+    _assert_head_runs_with_model(head)
+
+
+@needs_model
+@pytest.mark.skipif(not os.path.isdir(DEFAULT_HEAD_DIR), reason="the shipped head is not in this tree")
+def test_shipped_head_loads_and_matches_the_shipped_model():
+    from hf_fastrm.toy import load_default_head
+
+    head = load_default_head()
+    assert head.config.metrics["test_f1"] > 0.5
+    _assert_head_runs_with_model(head)
+
+
+def test_load_default_head_names_the_fix_when_missing(monkeypatch, tmp_path):
+    import hf_fastrm.toy as toy
+
+    monkeypatch.setattr(toy, "DEFAULT_HEAD_DIR", str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="hf_fastrm.toy.build_head"):
+        toy.load_default_head()
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+@needs_model
+@pytest.mark.skipif(not os.path.isdir(DEFAULT_HEAD_DIR), reason="the shipped head is not in this tree")
+def test_grounding_script_tiny(tmp_path, capsys):
+    path = tmp_path / "grounding.json"
+    argv = ["--num-examples", "8", "--batch-size", "4", "--json", str(path), "--pictures", str(tmp_path / "pics")]
+    argv += ["--num-pictures", "1"]
+    assert grounding.main(argv) == 0
+    assert "pointing game, FastRM" in capsys.readouterr().out
+    report = json.loads(path.read_text())
+    assert report["num_examples"] == 8 and len(report["examples"]) == 8
+    assert report["seed_stream"] == "grounding:0"
+    assert report["num_present"] + report["num_absent"] == 8
+    hits = [row["fastrm_hit"] for row in report["examples"] if row["present"]]
+    assert report["pointing_game"]["fastrm"] == pytest.approx(sum(hits) / len(hits))
+    if report["num_wrong"] < 5:  # too few wrong answers: not defined, never a made-up number
+        assert report["confidence_auroc"]["correct_vs_wrong"] is None
+    assert len(report["pictures"]) == 1 and os.path.isfile(report["pictures"][0])
