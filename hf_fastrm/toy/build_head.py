@@ -64,12 +64,12 @@ def build_head(
     *,
     model_dir: str | os.PathLike = DEFAULT_MODEL_DIR,
     work_dir: str | os.PathLike | None = None,
-    train_examples: int = 2000,
-    test_examples: int = 400,
-    head_dim: int = 64,
+    train_examples: int = 4000,
+    test_examples: int = 500,
+    head_dim: int = 128,
     label_threshold: float = 0.3,
     teacher_target: str = "logit",
-    epochs: int = 30,
+    epochs: int = 80,
     batch_size: int = 32,
     learning_rate: float = 3e-3,
     val_fraction: float = 0.1,
@@ -210,6 +210,7 @@ def _save_atomically(head: Any, output_dir: str, record: dict[str, Any], descrip
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.", suffix=".tmp", dir=parent)
     previous = None
     try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the head ships in the package
         head.save_pretrained(staging, corpus=corpus, description=description)
         atomic_write_text(os.path.join(staging, BUILD_INFO_NAME), json.dumps(record, indent=2) + "\n")
         if os.path.exists(output_dir):
@@ -232,12 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", default=DEFAULT_HEAD_DIR, help="where the head goes (the shipped one)")
     parser.add_argument("--model-dir", default=DEFAULT_MODEL_DIR, help="the toy model (the shipped one)")
     parser.add_argument("--work-dir", default=None, help="keep the corpus and shards here (temporary otherwise)")
-    parser.add_argument("--train-examples", type=int, default=2000)
-    parser.add_argument("--test-examples", type=int, default=400)
-    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--train-examples", type=int, default=4000)
+    parser.add_argument("--test-examples", type=int, default=500)
+    parser.add_argument("--head-dim", type=int, default=128)
     parser.add_argument("--label-threshold", type=float, default=0.3)
     parser.add_argument("--teacher-target", choices=("logit", "log_prob"), default="logit")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--val-fraction", type=float, default=0.1)
