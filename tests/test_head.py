@@ -28,6 +28,10 @@ def test_save_load_round_trip_is_bit_identical(tmp_path, llava):
     head.config.metrics = {"f1": 0.5}
     head.save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted([CONFIG_NAME, WEIGHTS_NAME, "README.md"])
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(tmp_path):  # readable like any file the user writes, not owner-only temp files
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     saved = load_file(tmp_path / WEIGHTS_NAME)
     # only the head: a handful of tensors of the head's own shapes, nothing of the base model
     assert set(saved) == set(head.state_dict())

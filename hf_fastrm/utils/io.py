@@ -19,12 +19,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.makedirs(directory, exist_ok=True)
     handle, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     os.close(handle)
-    # mkstemp creates the file readable by its owner only; give it the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
+        # mkstemp creates the file readable by its owner only, and writers that replace the file (safetensors)
+        # keep that; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
