@@ -280,7 +280,7 @@ def _print_summary(report: Any, model_id: str, head_id: str | None) -> None:
     print(f"Question: {report.prompt}")
     verdict = ""
     if expected is not None:
-        verdict = f"   (expected: {expected}, {'right' if report.answer == expected else 'wrong'})"
+        verdict = f"   (expected: {expected}, {'correct' if report.answer == expected else 'wrong'})"
     print(f"Answer:   {report.answer}{verdict}")
     print("Tokens:")
     width = max([len(repr(text)) for text in report.tokens] + [5])
