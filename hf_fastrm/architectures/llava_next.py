@@ -137,6 +137,18 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
             num_items=len(image_sizes),
             family="LLaVA-NeXT-Video",
         )
+        return self._with_videos(config, model_kwargs, strategy, image_positions, video_positions, image_grids)
+
+    def _with_videos(
+        self,
+        config: Any,
+        model_kwargs: dict[str, Any],
+        strategy: str,
+        image_positions: list[torch.Tensor],
+        video_positions: list[torch.Tensor],
+        image_grids: list,
+    ) -> list[RowImageLayout]:
+        """Adds each video's `(frames, h, w)` grid (from `_video_plan`) to the rows' image grids."""
         videos = model_kwargs.get("pixel_values_videos")
         frames = int(videos.shape[1]) if videos is not None else 0
         video_grids = assign_media(
@@ -144,7 +156,7 @@ class LlavaNextVideoAdapter(LlavaNextAdapter):
             lambda item, row: self._video_plan(config, frames, strategy),
             kind="video",
             num_items=int(videos.shape[0]) if videos is not None else 0,
-            family="LLaVA-NeXT-Video",
+            family=self.family,
         )
         positions = union_positions(image_positions, video_positions)
         return merge_rows(positions, image_grids, video_grids)

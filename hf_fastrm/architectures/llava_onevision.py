@@ -13,11 +13,9 @@ from .grids import (
     MediaPlan,
     assign_media,
     config_value,
-    merge_rows,
     per_item_list,
     square_grid,
     token_positions,
-    union_positions,
 )
 from .llava_next import LlavaNextVideoAdapter, anyres_tile_grid, tower_feature_grid
 
@@ -84,14 +82,4 @@ class LlavaOnevisionAdapter(LlavaNextVideoAdapter):
         image_grids = assign_media(
             image_positions, image_plan, kind="image", num_items=len(image_sizes), family="LLaVA-OneVision"
         )
-        videos = model_kwargs.get("pixel_values_videos")
-        frames = int(videos.shape[1]) if videos is not None else 0
-        video_grids = assign_media(
-            video_positions,
-            lambda item, row: self._video_plan(config, frames, strategy),
-            kind="video",
-            num_items=int(videos.shape[0]) if videos is not None else 0,
-            family="LLaVA-OneVision",
-        )
-        positions = union_positions(image_positions, video_positions)
-        return merge_rows(positions, image_grids, video_grids)
+        return self._with_videos(config, model_kwargs, strategy, image_positions, video_positions, image_grids)
