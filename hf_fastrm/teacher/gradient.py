@@ -14,7 +14,7 @@ is propagated as a vector: ``v = e_p; for l = L..1: v <- v + v Abar_l``.
 The lean form: weights frozen (no weight gradients), generation done beforehand without a graph, then one
 teacher-forced forward of the whole sequence in which the language model's attention records what the backward needs
 (see [`hf_fastrm.teacher.attention`]), and one backward per generated token, several tokens at a time through
-``torch.autograd.grad(..., is_grads_batched=True)``; each backward yields the ``(batch, n, n)`` matrices ``Abar_l``
+``torch.func.vmap`` over ``torch.autograd.grad``; each backward yields the ``(batch, n, n)`` matrices ``Abar_l``
 directly, never ``(heads, n, n)`` gradients, and no ``n x n`` product is formed.
 """
 
