@@ -47,9 +47,9 @@ from hf_fastrm.testing_utils import BENCHMARK_PRESETS, benchmark_inputs, benchma
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Fewer new tokens than the GPU preset so that the naive method fits in a few CPU minutes.
-    "cpu-mid": {"device": "cpu", "new_tokens": 8, "repeats": 3, "naive_repeats": 1, "warmup": 0, "chunk": 8},
-    # 4 tokens per backward keeps the backward's transient memory well inside the 1.3x memory goal at 7B.
-    "llava-7b": {"device": "cuda", "new_tokens": 32, "repeats": 5, "naive_repeats": 1, "warmup": 1, "chunk": 4},
+    "cpu-mid": {"device": "cpu", "new_tokens": 8, "repeats": 3, "naive_repeats": 1, "warmup": 0, "chunk": 2},
+    # 8 tokens per backward: fastest on an H200 (1.01 s against 1.09 s with 4), 1.26x plain generate's memory.
+    "llava-7b": {"device": "cuda", "new_tokens": 32, "repeats": 5, "naive_repeats": 1, "warmup": 1, "chunk": 8},
 }
 TINY_PRESET = {
     # The 7B preset's code path (dtype, construction on the device, 576 image tokens) at a size a CPU runs in seconds.

@@ -104,7 +104,7 @@ def gradient_relevancy(
     target: str = "logit",
     return_text_relevancy: bool = False,
     return_hidden_states: bool = False,
-    token_chunk_size: int = 8,
+    token_chunk_size: int | None = None,
     show_progress: bool = False,
     eos_token_id: int | list[int] | None = None,
     special_token_ids: list[int] | None = None,
@@ -126,9 +126,11 @@ def gradient_relevancy(
         return_text_relevancy (`bool`, *optional*, defaults to `False`): also return the row over all positions.
         return_hidden_states (`bool`, *optional*, defaults to `False`): also return the last hidden states at the
             image positions and at the positions that chose each token (from the same forward pass).
-        token_chunk_size (`int`, *optional*, defaults to 8): tokens whose gradients one batched backward computes
-            (memory grows with it; 1 means one plain backward per token). A chunk that runs out of accelerator memory
-            is retried in halves.
+        token_chunk_size (`int`, *optional*): tokens whose gradients one batched backward computes (memory grows with
+            it; 1 means one plain backward per token). Defaults to 2 on CPU (the backward's large elementwise work
+            stays in cache: 6.5 s against 9.5 s with 8 on the cpu-mid benchmark model) and 8 on accelerators
+            (fastest on an H200 at 7B, 1.26x the memory of plain generate). A chunk that runs out of accelerator
+            memory is retried in halves.
         show_progress (`bool`, *optional*, defaults to `False`): a progress bar over the tokens.
         eos_token_id (`int` or `list[int]`, *optional*): end-of-sequence ids (default: the generation config's).
         special_token_ids (`list[int]`, *optional*): tokens left out of the per-sequence confidence (default: the
@@ -149,6 +151,8 @@ def gradient_relevancy(
     """
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
+    if token_chunk_size is None:
+        token_chunk_size = 2 if next(model.parameters()).device.type == "cpu" else 8
     if not isinstance(token_chunk_size, int) or token_chunk_size < 1:
         raise ValueError(f"`token_chunk_size` must be a positive integer, got {token_chunk_size!r}.")
     sequences = getattr(sequences, "sequences", sequences)
