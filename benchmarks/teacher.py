@@ -43,25 +43,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from hf_fastrm.teacher import gradient_relevancy  # noqa: E402
-from hf_fastrm.testing_utils import BENCHMARK_PRESETS, benchmark_inputs, benchmark_llava  # noqa: E402
+from hf_fastrm.testing_utils import benchmark_inputs, benchmark_llava  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Fewer new tokens than the GPU preset so that the naive method fits in a few CPU minutes.
     "cpu-mid": {"device": "cpu", "new_tokens": 8, "repeats": 3, "naive_repeats": 1, "warmup": 0, "chunk": 2},
     # 8 tokens per backward: fastest on an H200 (1.01 s against 1.09 s with 4), 1.26x plain generate's memory.
     "llava-7b": {"device": "cuda", "new_tokens": 32, "repeats": 5, "naive_repeats": 1, "warmup": 1, "chunk": 8},
-}
-TINY_PRESET = {
-    # The 7B preset's code path (dtype, construction on the device, 576 image tokens) at a size a CPU runs in seconds.
-    "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-    "text": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=32064,
-    ),
 }
 METHODS = ("generate", "lean", "naive")
 GOALS = {"cpu": "goal: lean >= 5x faster than naive", "cuda": "goals: lean >= 25x faster, memory <= 1.3x generate"}
@@ -96,11 +84,7 @@ class PeakMemory:
 
 
 def build(args: argparse.Namespace):
-    preset = args.preset
-    if args.tiny:
-        preset = f"{args.preset}-tiny"
-        BENCHMARK_PRESETS[preset] = dict(TINY_PRESET, dtype=BENCHMARK_PRESETS[args.preset]["dtype"])
-    model = benchmark_llava(preset, args.device, num_layers=args.num_layers)
+    model = benchmark_llava(args.preset, args.device, num_layers=args.num_layers, tiny=args.tiny)
     inputs = benchmark_inputs(model, text_tokens=args.text_tokens)
     return model, inputs
 

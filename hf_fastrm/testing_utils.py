@@ -174,15 +174,34 @@ BENCHMARK_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def benchmark_llava(preset: str, device: str = "cpu", *, num_layers: int | None = None, seed: int = 0):
+BENCHMARK_TINY_WIDTHS: dict[str, dict[str, Any]] = {
+    # A preset's code path (dtype, construction on the device, 576 image tokens) at a size a CPU runs in seconds.
+    "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+    "text": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=32064,
+    ),
+}
+
+
+def benchmark_llava(
+    preset: str, device: str = "cpu", *, num_layers: int | None = None, tiny: bool = False, seed: int = 0
+):
     """A random `LlavaForConditionalGeneration` of a benchmark shape (``"cpu-mid"`` or ``"llava-7b"``), built
     directly on `device` in the preset's dtype (fast initialisation), with 576 image tokens per image.
 
-    `num_layers` overrides the language model's depth (to try the code path of a big preset on a small machine).
+    `num_layers` overrides the language model's depth and `tiny` swaps in `BENCHMARK_TINY_WIDTHS` (keeping the
+    preset's dtype and image size), to try the code path of a big preset on a small machine.
     """
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     spec = BENCHMARK_PRESETS[preset]
+    if tiny:
+        spec = dict(BENCHMARK_TINY_WIDTHS, dtype=spec["dtype"])
     text = dict(spec["text"], max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if num_layers is not None:
         text["num_hidden_layers"] = num_layers
