@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -125,6 +126,72 @@ def test_questions_are_answered_by_the_scene():
     for kind in QUESTION_KINDS:
         assert ask_question(draw_scene(1), rng=2, kind=kind, present=False).answer == ABSENT_ANSWER
         assert ask_question(draw_scene(1), rng=2, kind=kind, present=True).present
+
+
+def _stream_digest(examples: list[tuple[scenes.Scene, scenes.Question]]) -> str:
+    digest = hashlib.sha256()
+    for scene, question in examples:
+        digest.update(scene.pixels().tobytes())
+        digest.update(repr(scene.background).encode())
+        for obj in scene.objects:
+            digest.update(repr((obj.shape, obj.colour, obj.box, obj.corner)).encode())
+            digest.update(obj.mask.tobytes())
+        digest.update(repr((question.kind, question.text, question.answer)).encode())
+    return digest.hexdigest()
+
+
+def test_default_scenes_are_bit_identical_to_before_the_corruption_knobs():
+    # digests computed with the generator of commit c216183, before `noise` and `contrast` existed: the shipped model
+    # was trained, and every reported figure measured, on these exact pixels and questions
+    assert _stream_digest(make_examples(64, seed="grounding:1")) == (
+        "f0d664da1920f71a0e1bca2be39cefa97f86af0569da8addb61a3051bff4a514"
+    )
+    assert _stream_digest(make_examples(32, seed="train:0", image_size=64, object_size=(6, 12))) == (
+        "26e057c25f8d20c2b0884de9717803896c9edeb869b66310510c0fc7c59e5e06"
+    )
+    assert _stream_digest(make_examples(16, seed="grounding:1", noise=0.0, contrast=1.0)) == _stream_digest(
+        make_examples(16, seed="grounding:1")
+    )
+
+
+def test_corruption_changes_pixels_only():
+    clean = make_examples(24, seed="corruption")
+    for knobs in ({"noise": 0.3}, {"contrast": 0.5}, {"noise": 0.1, "contrast": 0.7}):
+        corrupted = make_examples(24, seed="corruption", **knobs)
+        again = make_examples(24, seed="corruption", **knobs)
+        assert _stream_digest(corrupted) == _stream_digest(again)  # deterministic per seed
+        for (clean_scene, clean_question), (scene, question) in zip(clean, corrupted, strict=True):
+            # same layout, ground truth and question: a paired, harder copy of the stream
+            assert scene.objects == clean_scene.objects and scene.background == clean_scene.background
+            assert question == clean_question
+            assert (scene.noise, scene.contrast) == (knobs.get("noise", 0.0), knobs.get("contrast", 1.0))
+            assert not np.array_equal(scene.pixels(), clean_scene.pixels())
+
+    # noise: zero-mean with the asked std (in units of 0-255) on the background, where nothing clips (grey 204,
+    # noise std 12.75), and different from scene to scene
+    scene, clean_scene = draw_scene(9, noise=0.05), draw_scene(9)
+    assert clean_scene.background == (204, 204, 204)
+    covered = np.any([obj.mask for obj in scene.objects], axis=0)
+    difference = scene.pixels().astype(float) - clean_scene.pixels().astype(float)
+    on_background = difference[~covered]
+    assert abs(on_background.mean()) < 1.0 and 0.05 * 255 * 0.9 < on_background.std() < 0.05 * 255 * 1.1
+    other = draw_scene(10, noise=0.05).pixels().astype(float) - draw_scene(10).pixels().astype(float)
+    assert not np.array_equal(difference, other)
+
+    # contrast: each object is painted halfway between its colour and the background, the background is untouched
+    scene = draw_scene(5, contrast=0.5)
+    pixels, background = scene.pixels(), np.array(scene.background)
+    for obj in scene.objects:
+        expected = np.rint(background + 0.5 * (np.array(COLOURS[obj.colour]) - background))
+        np.testing.assert_array_equal(pixels[obj.mask], np.broadcast_to(expected, pixels[obj.mask].shape))
+    covered = np.any([obj.mask for obj in scene.objects], axis=0)
+    assert (pixels[~covered] == background).all()
+
+
+@pytest.mark.parametrize("knobs", [{"noise": -0.1}, {"noise": float("nan")}, {"contrast": 0.0}, {"contrast": 1.5}])
+def test_corruption_arguments_are_checked(knobs):
+    with pytest.raises(ValueError, match=next(iter(knobs))):
+        draw_scene(0, **knobs)
 
 
 def test_scene_arguments_are_checked():

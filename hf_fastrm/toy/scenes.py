@@ -27,10 +27,24 @@ True
 
 Drawing is deterministic: the same seed gives the same pixels on every platform (Python's `random.Random`
 seeded with a string, and PIL's aliasing-free drawing).
+
+Harder scenes: `draw_scene` (and `make_examples`, which passes scene arguments through) takes two corruption knobs,
+both off by default (the default draws exactly the scenes it always drew):
+
+- ``contrast`` (1.0 = off): each object is painted in ``background + contrast * (colour - background)``, so at low
+  contrast the colours fade towards the grey background and become harder to tell apart.
+- ``noise`` (0.0 = off): zero-mean Gaussian pixel noise of this standard deviation, in units of the full 0-255
+  range (``noise=0.2`` is a std of 51 levels), added per pixel and channel, then clipped and rounded.
+
+Corruption never changes the layout or the questions: the noise is drawn from a generator derived from the scene's
+own seed without advancing it, so ``make_examples(n, seed, noise=0.3)`` holds the same objects, boxes, masks and
+questions as ``make_examples(n, seed)``, only the pixels differ (a paired, harder copy of the same stream). Boxes and
+masks stay those of the drawn shapes, before noise.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -64,6 +78,8 @@ DEFAULT_IMAGE_SIZE = 48
 DEFAULT_NUM_OBJECTS = (2, 3)
 DEFAULT_OBJECT_SIZE = (10, 20)
 DEFAULT_ABSENT_RATE = 0.25
+DEFAULT_NOISE = 0.0
+DEFAULT_CONTRAST = 1.0
 _MARGIN = 1
 _SEED_PREFIX = "hf_fastrm.toy"
 
@@ -133,12 +149,16 @@ class Scene:
     Attributes:
         image (`PIL.Image.Image`): RGB, ``image_size`` pixels square.
         objects (`tuple[SceneObject, ...]`): the objects, in drawing order.
-        background (`tuple[int, int, int]`): the background colour.
+        background (`tuple[int, int, int]`): the background colour (before noise).
+        noise (`float`): the std of the pixel noise it was drawn with (0.0: none; see `draw_scene`).
+        contrast (`float`): the object contrast it was drawn with (1.0: the palette's colours; see `draw_scene`).
     """
 
     image: Image.Image = field(repr=False, compare=False)
     objects: tuple[SceneObject, ...]
     background: tuple[int, int, int]
+    noise: float = DEFAULT_NOISE
+    contrast: float = DEFAULT_CONTRAST
 
     @property
     def image_size(self) -> int:
@@ -210,6 +230,8 @@ def draw_scene(
     image_size: int = DEFAULT_IMAGE_SIZE,
     num_objects: int | tuple[int, int] = DEFAULT_NUM_OBJECTS,
     object_size: tuple[int, int] = DEFAULT_OBJECT_SIZE,
+    noise: float = DEFAULT_NOISE,
+    contrast: float = DEFAULT_CONTRAST,
 ) -> Scene:
     """Draws a scene: distinct shapes of distinct colours, one per quadrant, on a light grey background.
 
@@ -221,6 +243,13 @@ def draw_scene(
             range to draw it from; at most 3, so every scene misses at least one shape (for absent questions).
         object_size (`tuple[int, int]`, *optional*, defaults to `(10, 20)`): inclusive range of the side of an
             object's drawing box in pixels; it must fit in a quadrant with a 1 px margin.
+        noise (`float`, *optional*, defaults to 0.0): std of zero-mean Gaussian noise added to every pixel and
+            channel, in units of the 0-255 range (0.1 = 25.5 levels); clipped to [0, 255] and rounded. Drawn from a
+            generator derived from `seed_or_rng` without advancing it, so the layout and any question drawn next
+            are the same as without noise.
+        contrast (`float`, *optional*, defaults to 1.0): in (0, 1]; objects are painted in
+            ``background + contrast * (colour - background)`` (rounded), so lower values fade them into the
+            background.
 
     Returns:
         `Scene`
@@ -237,6 +266,10 @@ def draw_scene(
         raise ValueError(
             f"object_size {object_size} must lie within [2, {quadrant - 2 * _MARGIN}] for a {image_size} px image."
         )
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite std >= 0 (0.0 turns it off); got {noise!r}.")
+    if not (isinstance(contrast, (int, float)) and 0 < contrast <= 1):
+        raise ValueError(f"contrast must lie in (0, 1] (1.0 keeps the palette's colours); got {contrast!r}.")
 
     count = rng.randint(low_count, high_count)
     shapes = rng.sample(SHAPES, count)
@@ -247,13 +280,14 @@ def draw_scene(
     image = Image.new("RGB", (image_size, image_size), background)
     objects = []
     for shape, colour, corner in zip(shapes, colours, corners, strict=True):
+        paint = COLOURS[colour] if contrast == 1 else _faded(COLOURS[colour], background, contrast)
         size = rng.randint(low_size, high_size)
         row, column = divmod(corner, 2)
         left = column * quadrant + rng.randint(_MARGIN, quadrant - _MARGIN - size)
         top = row * quadrant + rng.randint(_MARGIN, quadrant - _MARGIN - size)
         mask = Image.new("L", (image_size, image_size), 0)
         _draw_shape(ImageDraw.Draw(mask), shape, left, top, size)
-        image.paste(COLOURS[colour], (0, 0, image_size, image_size), mask)
+        image.paste(paint, (0, 0, image_size, image_size), mask)
         objects.append(
             SceneObject(
                 shape=shape,
@@ -263,7 +297,24 @@ def draw_scene(
                 mask=np.asarray(mask) > 0,
             )
         )
-    return Scene(image=image, objects=tuple(objects), background=background)
+    if noise > 0:
+        pixels = np.asarray(image, dtype=np.float64)
+        pixels = pixels + _noise_generator(rng).normal(0.0, 255.0 * noise, size=pixels.shape)
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
+    return Scene(image=image, objects=tuple(objects), background=background, noise=noise, contrast=contrast)
+
+
+def _faded(colour: tuple[int, int, int], background: tuple[int, int, int], contrast: float) -> tuple[int, int, int]:
+    return tuple(round(low + contrast * (high - low)) for high, low in zip(colour, background, strict=True))
+
+
+def _noise_generator(rng: random.Random) -> np.random.Generator:
+    # A copy of the stream's state seeds the noise, so `rng` is not advanced: the question drawn next from it (and
+    # so the whole example stream) is the same with and without noise. SeedSequence hashes the 128 bits with a
+    # spawn key of its own, so the noise is not the same numbers the question will draw.
+    peek = random.Random()
+    peek.setstate(rng.getstate())
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(peek.getrandbits(128), spawn_key=(1,))))
 
 
 def _reference(obj_shape: str, obj_colour: str, by_colour: bool) -> str:
