@@ -146,3 +146,48 @@ def test_grounding_script_tiny(tmp_path, capsys):
     if report["num_wrong"] < 5:  # too few wrong answers: not defined, never a made-up number
         assert report["confidence_auroc"]["correct_vs_wrong"] is None
     assert len(report["pictures"]) == 1 and os.path.isfile(report["pictures"][0])
+
+
+def test_defined_auroc_leaves_out_unscored_examples():
+    # hand case: correct answers (True) score 0.9 and 0.7, wrong ones 0.8 and 0.1: 3 of 4 pairs ordered, AUROC 0.75
+    value, note = grounding.defined_auroc([0.9, 0.7, 0.8, 0.1], [True, True, False, False], min_class=1)
+    assert value == pytest.approx(0.75) and note is None
+    value, note = grounding.defined_auroc(
+        [0.9, float("nan"), 0.7, 0.8, 0.1, float("nan")], [True, True, True, False, False, False], min_class=1
+    )
+    assert value == pytest.approx(0.75) and "2 examples without a score" in note
+    value, note = grounding.defined_auroc([0.9, float("nan")], [True, False], min_class=1)
+    assert value is None and "0 negative" in note and "1 examples without a score" in note
+
+
+@needs_model
+@pytest.mark.skipif(not os.path.isdir(DEFAULT_HEAD_DIR), reason="the shipped head is not in this tree")
+def test_grounding_script_harder_scenes(tmp_path, capsys):
+    path = tmp_path / "hard.json"
+    argv = ["--num-examples", "16", "--batch-size", "8", "--noise", "0.4", "--min-class", "1", "--json", str(path)]
+    assert grounding.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "noise 0.4" in printed and "model's answer probability" in printed
+    report = json.loads(path.read_text())
+    assert report["corruption"] == {"noise": 0.4, "contrast": 1.0}
+    rows = report["examples"]
+    clean = make_examples(16, seed="grounding:0")
+    assert [row["question"] for row in rows] == [question.text for _, question in clean]  # same questions, noisier
+    assert report["num_wrong"] == sum(not row["correct"] for row in rows) > 0  # this noise level makes mistakes
+    by_measure = report["confidence_auroc"]["correct_vs_wrong_by_measure"]
+    for subset, chosen in (("all", rows), ("present", [row for row in rows if row["present"]])):
+        numbers = by_measure[subset]
+        correct = [row["correct"] for row in chosen]
+        assert numbers["num_wrong"] == correct.count(False) and numbers["num_correct"] == correct.count(True)
+        for measure, key in (
+            ("fastrm", "sequence_confidence"),
+            ("teacher", "teacher_sequence_confidence"),
+            ("model_answer_probability", "answer_probability"),
+        ):
+            expected, _ = grounding.defined_auroc([row[key] for row in chosen], correct, min_class=1)
+            assert numbers[measure] == expected
+            assert expected is None or 0.0 <= expected <= 1.0
+    assert by_measure["all"]["fastrm"] == report["confidence_auroc"]["correct_vs_wrong"]
+    for row in rows:
+        assert 0.0 < row["answer_probability"] <= row["token_probability"] + 1e-6  # a product of probabilities
+        assert 0.0 <= row["teacher_sequence_confidence"] <= 1.0
