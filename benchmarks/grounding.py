@@ -27,6 +27,16 @@ correct versus wrong the report gives the AUROC of (a) FastRM's sequence confide
 confidence (same definition, on the gradient maps), (c) the model's own probability of its answer (the product of
 its answer tokens' probabilities), over all questions and over questions about present objects only (absent
 questions are both less confident and more often wrong under corruption, which alone would lift an AUROC).
+
+It also reports a score combining both signals available inside generate(), the map's confidence ``c`` and the
+probability ``p`` the model gave the chosen token: ``c^(1 - w) * p^w`` with ``w = lam / (1 + lam)`` (see
+`combined_score`), for correct vs wrong and present vs absent. ``lam`` is chosen on the tuning stream only:
+
+    tune="python benchmarks/grounding.py --stream grounding-tune --seed 0 --num-examples 2000"
+    $tune --json tune-clean.json
+    for level in 0.2 0.25 0.3 0.35; do $tune --noise $level --json tune-noise$level.json; done
+    for level in 0.7 0.5; do $tune --contrast $level --json tune-contrast$level.json; done
+    python benchmarks/grounding.py --sweep tune-*.json      # prints the sweep and the max-min choice
 """
 
 from __future__ import annotations
@@ -43,6 +53,18 @@ import numpy as np
 import torch
 
 STREAM = "grounding"
+TUNE_STREAM = "grounding-tune"  # where measures and weights are chosen; never the reported STREAM
+
+
+def special_token_ids(model: Any) -> list[int]:
+    """The eos, pad and bos ids of the model's generation config (what FastRM leaves out of sequence summaries)."""
+    config = getattr(model, "generation_config", None)
+    ids: set[int] = set()
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        value = getattr(config, name, None)
+        if value is not None:
+            ids.update(int(item) for item in (value if isinstance(value, (list, tuple)) else [value]))
+    return sorted(ids)
 
 
 # ---------------------------------------------------------------------------------------------- metric helpers
@@ -105,6 +127,136 @@ def defined_auroc(scores: list[float], labels: list[bool], min_class: int) -> tu
     return float(auroc(scores, labels)), dropped[2:] or None
 
 
+# ---------------------------------------------------------------------------------------------- combined score
+# A score combining the map's confidence c with the probability p the model gave the chosen token (both known inside
+# generate()): g = c^(1 - w) * p^w with w = lam / (1 + lam), i.e. log g = (log c + lam * log p) / (1 + lam), ranked
+# like c * p^lam. Per sequence: the mean of g over the answer's non-special tokens (as `sequence_confidence` is the
+# mean of c). lam was chosen on the tuning stream only (`--sweep`, see `sweep_combination`): the value on
+# COMBINATION_GRID maximising the smallest of the seven tuning AUROCs (present vs absent on clean scenes, correct vs
+# wrong at each of TUNING_CORRUPTIONS). It is that large because a correct answer's p differs from 1 by 1e-5 to 1e-3.
+COMBINATION_GRID = (0.0, 1.0, 10.0, 100.0, 1e3, 3e3, 1e4, 2e4, 3e4, 4e4, 5e4, 6e4, 7e4, 1e5, 1e6, 1e7)
+COMBINATION_LAMBDA = 6e4  # the max-min choice on grounding-tune:0 (2,000 questions per condition)
+COMBINATION_LAMBDA_PRESENCE_KEPT = 1e4  # the largest grid value keeping present vs absent >= 0.9 on the same stream
+TUNING_CORRUPTIONS = (
+    {"noise": 0.2, "contrast": 1.0},
+    {"noise": 0.25, "contrast": 1.0},
+    {"noise": 0.3, "contrast": 1.0},
+    {"noise": 0.35, "contrast": 1.0},
+    {"noise": 0.0, "contrast": 0.7},
+    {"noise": 0.0, "contrast": 0.5},
+)
+
+
+def combined_score(confidence: np.ndarray | float, probability: np.ndarray | float, lam: float) -> np.ndarray:
+    """``c^(1 - w) * p^w`` with ``w = lam / (1 + lam)`` (elementwise; computed in log space, float64).
+
+    Args:
+        confidence (`(...)`): the map's confidence, in [0, 1] (NaN stays NaN).
+        probability (`(...)`): the probability the model gave the chosen token, in [0, 1].
+        lam (`float` >= 0): the probability's weight against the confidence; 0 gives `confidence` itself.
+    """
+    if lam < 0:
+        raise ValueError(f"`lam` must be >= 0, got {lam}.")
+    confidence = np.asarray(confidence, dtype=np.float64)
+    probability = np.asarray(probability, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        log_score = (np.log(confidence) + lam * np.log(probability)) / (1.0 + lam) if lam else np.log(confidence)
+    return np.exp(log_score)
+
+
+def sequence_combined_score(row: dict[str, Any], lam: float) -> float:
+    """Mean `combined_score` over a report row's non-special answer tokens (NaN without one)."""
+    keep = ~np.asarray(row["token_special"], dtype=bool)
+    if not keep.any():
+        return math.nan
+    scores = combined_score(
+        np.asarray(row["token_confidences"])[keep], np.asarray(row["token_probabilities"])[keep], lam
+    )
+    return float(np.mean(scores))
+
+
+def token_combined_score(row: dict[str, Any], lam: float) -> float:
+    """`combined_score` of a report row's first answer token (the one present vs absent is judged on)."""
+    return float(combined_score(row["token_confidences"][0], row["token_probabilities"][0], lam))
+
+
+def combination_aurocs(rows: list[dict[str, Any]], lam: float, min_class: int) -> dict[str, Any]:
+    """AUROCs of the combined score with weight `lam`: correct vs wrong (sequence score; all questions and present
+    objects only) and present vs absent (first answer token)."""
+    present = [row for row in rows if row["present"]]
+    return {
+        "lambda": lam,
+        "correct_vs_wrong": defined_auroc(
+            [sequence_combined_score(row, lam) for row in rows], [row["correct"] for row in rows], min_class
+        )[0],
+        "correct_vs_wrong_present_only": defined_auroc(
+            [sequence_combined_score(row, lam) for row in present], [row["correct"] for row in present], min_class
+        )[0],
+        "present_vs_absent": defined_auroc(
+            [token_combined_score(row, lam) for row in rows], [row["present"] for row in rows], min_class
+        )[0],
+    }
+
+
+def sweep_combination(reports: list[dict[str, Any]], grid: tuple[float, ...] = COMBINATION_GRID) -> dict[str, Any]:
+    """Chooses the combined score's weight on tuning reports: the `grid` value maximising the smallest AUROC over
+    present vs absent on the clean report and correct vs wrong on each corrupted one.
+
+    Args:
+        reports: `evaluate` reports (with per-example rows) of the tuning stream only: one clean, one or more
+            corrupted. A report from the stream whose figures are published is refused.
+
+    Returns:
+        ``{"lambda": chosen, "min_auroc": its smallest AUROC, "rows": [{"lambda", "present_vs_absent",
+        "correct_vs_wrong": {condition: AUROC}}, ...]}``.
+    """
+    for report in reports:
+        if not report["seed_stream"].startswith(f"{TUNE_STREAM}:"):
+            raise ValueError(
+                f"The sweep chooses a weight, so it reads tuning reports only ({TUNE_STREAM}:<seed>), got "
+                f"{report['seed_stream']}; rerun with --stream {TUNE_STREAM}."
+            )
+    clean = [report for report in reports if report["corruption"] == {"noise": 0.0, "contrast": 1.0}]
+    corrupted = [report for report in reports if report["corruption"] != {"noise": 0.0, "contrast": 1.0}]
+    if len(clean) != 1 or not corrupted:
+        raise ValueError(
+            f"Pass one clean and at least one corrupted report; got {len(clean)} clean, {len(corrupted)}."
+        )
+    rows = []
+    for lam in grid:
+        presence = combination_aurocs(clean[0]["examples"], lam, min_class=1)["present_vs_absent"]
+        correctness = {
+            f"noise {report['corruption']['noise']}, contrast {report['corruption']['contrast']}": combination_aurocs(
+                report["examples"], lam, min_class=1
+            )["correct_vs_wrong"]
+            for report in corrupted
+        }
+        undefined = [name for name, value in {"clean": presence, **correctness}.items() if value is None]
+        if undefined:
+            raise ValueError(
+                f"An AUROC is not defined on {', '.join(undefined)} (a class without examples); use more examples."
+            )
+        rows.append({"lambda": lam, "present_vs_absent": presence, "correct_vs_wrong": correctness})
+    worst = [min([row["present_vs_absent"], *row["correct_vs_wrong"].values()]) for row in rows]
+    best = int(np.argmax(worst))
+    return {"lambda": rows[best]["lambda"], "min_auroc": worst[best], "rows": rows}
+
+
+def format_sweep(sweep: dict[str, Any]) -> str:
+    """The printable table of `sweep_combination`."""
+    conditions = list(sweep["rows"][0]["correct_vs_wrong"])
+    lines = ["lambda    present vs absent  " + "  ".join(f"cw {name}" for name in conditions) + "  min"]
+    for row in sweep["rows"]:
+        values = [row["present_vs_absent"], *row["correct_vs_wrong"].values()]
+        lines.append(
+            f"{row['lambda']:<9g} {values[0]:17.3f}  "
+            + "  ".join(f"{value:{len('cw ' + name)}.3f}" for value, name in zip(values[1:], conditions, strict=True))
+            + f"  {min(values):.3f}"
+        )
+    lines.append(f"chosen lambda: {sweep['lambda']:g} (smallest AUROC {sweep['min_auroc']:.3f})")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- the evaluation
 def evaluate(
     num_examples: int = 1000,
@@ -120,6 +272,8 @@ def evaluate(
     show_progress: bool = True,
     noise: float = 0.0,
     contrast: float = 1.0,
+    stream: str = STREAM,
+    combination_lambdas: tuple[float, ...] = (COMBINATION_LAMBDA, COMBINATION_LAMBDA_PRESENCE_KEPT),
 ) -> dict[str, Any]:
     """Runs the evaluation (see the module docstring) and returns its report (JSON-ready).
 
@@ -142,7 +296,8 @@ def evaluate(
     wrapper = FastRMWrapper(model, head)
     patch_size = int(model.config.vision_config.patch_size)
     tokenizer = processor.tokenizer
-    examples = make_examples(num_examples, seed=f"{STREAM}:{seed}", noise=noise, contrast=contrast)
+    examples = make_examples(num_examples, seed=f"{stream}:{seed}", noise=noise, contrast=contrast)
+    special_ids = set(special_token_ids(model))
 
     rows: list[dict[str, Any]] = []
     teacher_entries: list[np.ndarray] = []
@@ -194,6 +349,13 @@ def evaluate(
                 "teacher_token_confidence": float(teacher.confidence[row, first]),
                 "token_probability": float(probabilities[row, first, answer_ids[0]]),
                 "answer_probability": float(chosen_probabilities[row, : token_mask.shape[0]][token_mask].prod()),
+                # per generated token (up to and including EOS): the map's confidence, the chosen token's
+                # probability, and whether it is a special token (left out of the sequence summaries)
+                "token_confidences": [float(value) for value in outputs.confidence[row].float().cpu()[token_mask]],
+                "token_probabilities": [
+                    float(value) for value in chosen_probabilities[row, : token_mask.shape[0]][token_mask]
+                ],
+                "token_special": [int(token) in special_ids for token in answer_ids],
             }
             if question.present:
                 target = question.target_object.patch_mask(patch_size).ravel()
@@ -260,7 +422,7 @@ def evaluate(
 
     report = {
         "command": "python benchmarks/grounding.py " + " ".join(sys.argv[1:]),
-        "seed_stream": f"{STREAM}:{seed}",
+        "seed_stream": f"{stream}:{seed}",
         "corruption": {"noise": noise, "contrast": contrast},
         "num_examples": len(rows),
         "num_present": len(present),
@@ -292,6 +454,7 @@ def evaluate(
             "auroc": float(auroc(fastrm_all, teacher_labels)) if teacher_all.size else None,
             "num_entries": int(teacher_all.size),
         },
+        "combined_score": [combination_aurocs(rows, lam, min_class) for lam in combination_lambdas],
         "confidence_auroc": {
             "correct_vs_wrong": correctness_auroc,
             "correct_vs_wrong_note": correctness_note,
@@ -374,6 +537,13 @@ def format_table(report: dict[str, Any]) -> str:
         ("  teacher's map confidence", shown(confidence["teacher_present_vs_absent"])),
         ("  model probability, present vs absent", shown(confidence["model_probability_present_vs_absent"])),
     ]
+    for combined in report.get("combined_score", []):
+        name = f"combined c*p^lam, lam={combined['lambda']:g}"
+        rows += [
+            (f"{name}: correct vs wrong", shown(combined["correct_vs_wrong"])),
+            ("  present objects only", shown(combined["correct_vs_wrong_present_only"])),
+            ("  present vs absent", shown(combined["present_vs_absent"])),
+        ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{'measure':<{width}}  value", f"{'-' * width}  -----"]
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
@@ -386,7 +556,12 @@ def format_table(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-examples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0, help="names the scene stream grounding:<seed>")
+    parser.add_argument("--seed", type=int, default=0, help="names the scene stream <stream>:<seed>")
+    parser.add_argument(
+        "--stream",
+        default=STREAM,
+        help=f"seed stream name ({STREAM!r} for reported figures; {TUNE_STREAM!r} for choosing anything)",
+    )
     parser.add_argument("--head", default=None, help="a head folder (the shipped head by default)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threshold", type=float, default=0.3)
@@ -401,7 +576,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--contrast", type=float, default=1.0, help="object contrast in (0, 1] (harder scenes below 1; 1: off)"
     )
+    parser.add_argument(
+        "--sweep",
+        nargs="+",
+        default=None,
+        metavar="REPORT_JSON",
+        help=f"choose the combined score's weight from --json reports of the {TUNE_STREAM!r} stream (one clean, the "
+        "others corrupted) and print the sweep; runs no evaluation",
+    )
     args = parser.parse_args(argv)
+    if args.sweep:
+        reports = []
+        for path in args.sweep:
+            with open(path) as file:
+                reports.append(json.load(file))
+        print(format_sweep(sweep_combination(reports)))
+        return 0
     report = evaluate(
         args.num_examples,
         args.seed,
@@ -414,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         num_pictures=args.num_pictures,
         noise=args.noise,
         contrast=args.contrast,
+        stream=args.stream,
     )
     print(format_table(report))
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import math
 import os
 
 import numpy as np
@@ -188,6 +189,92 @@ def test_grounding_script_harder_scenes(tmp_path, capsys):
             assert numbers[measure] == expected
             assert expected is None or 0.0 <= expected <= 1.0
     assert by_measure["all"]["fastrm"] == report["confidence_auroc"]["correct_vs_wrong"]
+    for combined in report["combined_score"]:  # the report's combined rows are the documented formula on its rows
+        assert combined == grounding.combination_aurocs(rows, combined["lambda"], min_class=1)
+    assert [combined["lambda"] for combined in report["combined_score"]] == [
+        grounding.COMBINATION_LAMBDA,
+        grounding.COMBINATION_LAMBDA_PRESENCE_KEPT,
+    ]
     for row in rows:
         assert 0.0 < row["answer_probability"] <= row["token_probability"] + 1e-6  # a product of probabilities
+        assert row["token_probabilities"][0] == pytest.approx(row["token_probability"])
+        assert math.prod(row["token_probabilities"]) == pytest.approx(row["answer_probability"], rel=1e-5)
+        assert len(row["token_confidences"]) == len(row["token_special"]) == len(row["token_probabilities"])
+        assert row["token_confidences"][0] == pytest.approx(row["token_confidence"])
         assert 0.0 <= row["teacher_sequence_confidence"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------- combined score
+def _row(confidences, probabilities, special, *, correct=True, present=True):
+    return {
+        "token_confidences": confidences,
+        "token_probabilities": probabilities,
+        "token_special": special,
+        "correct": correct,
+        "present": present,
+    }
+
+
+def test_combined_score_matches_hand_computation():
+    # c^(1 - w) * p^w with w = lam / (1 + lam): lam = 3 gives c^0.25 * p^0.75
+    assert grounding.combined_score(0.16, 0.5, lam=3.0) == pytest.approx(0.16**0.25 * 0.5**0.75)
+    assert grounding.combined_score(0.3, 0.2, lam=0.0) == pytest.approx(0.3)  # lam 0: the map's confidence itself
+    # no underflow where c * p^lam would (0.5^60000 is below float64's range); ranks follow c * p^lam
+    tiny = grounding.combined_score(np.array([0.9, 0.1]), np.array([0.5, 0.5]), lam=6e4)
+    assert (tiny > 0).all() and tiny[0] > tiny[1]
+    assert np.isnan(grounding.combined_score(math.nan, 0.9, lam=1.0))
+    with pytest.raises(ValueError, match="lam"):
+        grounding.combined_score(0.5, 0.5, lam=-1.0)
+    # the sequence score averages the non-special tokens only; the token score is the first token's
+    row = _row([0.4, 0.9, 0.05], [0.5, 0.8, 1.0], [False, False, True])
+    expected = ((0.4**0.5 * 0.5**0.5) + (0.9**0.5 * 0.8**0.5)) / 2
+    assert grounding.sequence_combined_score(row, lam=1.0) == pytest.approx(expected)
+    assert grounding.token_combined_score(row, lam=1.0) == pytest.approx(0.4**0.5 * 0.5**0.5)
+    assert math.isnan(grounding.sequence_combined_score(_row([0.2], [1.0], [True]), lam=1.0))
+
+
+def test_sweep_chooses_the_max_min_weight_on_tuning_reports_only():
+    # clean: the map's confidence separates present from absent, the probability does not;
+    # corrupted: the probability separates correct from wrong, the map's confidence is reversed
+    clean_rows = [_row([0.9], [0.99], [False], present=True), _row([0.8], [0.999], [False], present=True)]
+    clean_rows += [_row([0.2], [0.999], [False], present=False), _row([0.1], [0.99], [False], present=False)]
+    hard_rows = [_row([0.1], [0.99], [False], correct=True), _row([0.2], [0.95], [False], correct=True)]
+    hard_rows += [_row([0.9], [0.5], [False], correct=False), _row([0.8], [0.4], [False], correct=False)]
+    clean = {"seed_stream": "grounding-tune:0", "corruption": {"noise": 0.0, "contrast": 1.0}, "examples": clean_rows}
+    hard = {"seed_stream": "grounding-tune:0", "corruption": {"noise": 0.3, "contrast": 1.0}, "examples": hard_rows}
+    sweep = grounding.sweep_combination([clean, hard], grid=(0.0, 10.0, 1e7))
+    by_lambda = {row["lambda"]: row for row in sweep["rows"]}
+    assert (
+        by_lambda[0.0]["present_vs_absent"] == 1.0
+        and by_lambda[0.0]["correct_vs_wrong"]["noise 0.3, contrast 1.0"] == 0.0
+    )
+    # lam 10: on clean rows p hardly varies, so c still orders them; on corrupted rows p's spread outweighs c's
+    assert by_lambda[10.0]["present_vs_absent"] == 1.0
+    assert by_lambda[10.0]["correct_vs_wrong"]["noise 0.3, contrast 1.0"] == 1.0
+    assert sweep["lambda"] == 10.0 and sweep["min_auroc"] == 1.0
+    assert "chosen lambda: 10" in grounding.format_sweep(sweep)
+    with pytest.raises(ValueError, match="tuning reports only"):
+        grounding.sweep_combination([{**clean, "seed_stream": "grounding:1"}, hard])
+    all_correct = {**hard, "examples": [{**row, "correct": True} for row in hard_rows]}
+    with pytest.raises(ValueError, match="not defined on noise 0.3"):
+        grounding.sweep_combination([clean, all_correct])
+    with pytest.raises(ValueError, match="one clean"):
+        grounding.sweep_combination([hard])
+
+
+@needs_model
+@pytest.mark.skipif(not os.path.isdir(DEFAULT_HEAD_DIR), reason="the shipped head is not in this tree")
+def test_sweep_command_reads_tuning_stream_reports(tmp_path, capsys):
+    paths = []
+    for name, corruption in (("clean", []), ("noisy", ["--noise", "0.4"])):
+        paths.append(str(tmp_path / f"{name}.json"))
+        argv = ["--num-examples", "12", "--batch-size", "12", "--stream", "grounding-tune", "--json", paths[-1]]
+        assert grounding.main(argv + corruption) == 0
+    report = json.loads((tmp_path / "clean.json").read_text())
+    assert report["seed_stream"] == "grounding-tune:0"
+    tuning_questions = [row["question"] for row in report["examples"]]
+    assert tuning_questions == [question.text for _, question in make_examples(12, seed="grounding-tune:0")]
+    assert tuning_questions != [question.text for _, question in make_examples(12, seed="grounding:0")]
+    capsys.readouterr()
+    assert grounding.main(["--sweep", *paths]) == 0
+    assert "chosen lambda" in capsys.readouterr().out
