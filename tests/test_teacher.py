@@ -58,10 +58,13 @@ def test_lean_equals_naive_on_several_prompts(model, seed):
 
 
 @pytest.mark.parametrize("target", ["logit", "log_prob"])
-def test_lean_equals_naive_on_a_left_padded_batch(model, target):
+@pytest.mark.parametrize("block_rows", [0, 5])
+def test_lean_equals_naive_on_a_left_padded_batch(model, target, block_rows):
     inputs = tiny_llava_inputs(model, batch_size=3, text_lengths=[3, 8, 5], seed=3)
     sequences = generate(model, inputs, min_new_tokens=NEW_TOKENS)
-    lean = gradient_relevancy(model, inputs, sequences, target=target, return_text_relevancy=True)
+    lean = gradient_relevancy(
+        model, inputs, sequences, target=target, return_text_relevancy=True, attention_block_rows=block_rows
+    )
     naive = naive_gradient_relevancy(model, inputs, sequences, target=target)
     assert_maps_equal(lean.relevancy, naive_masked(naive, lean.result.token_mask))
     # The text part of the row: NaN at image positions, padding and positions after p; equal elsewhere.
@@ -136,9 +139,11 @@ def test_float32_model_matches_naive_closely():
     )
 
 
-@pytest.mark.parametrize("kv_heads,softcap", [(4, None), (2, None), (1, 5.0)])
-def test_probed_attention_equals_autograd_through_eager_attention(kv_heads, softcap):
-    """The attention's own backward against autograd through plain eager math, for several seeds at once."""
+@pytest.mark.parametrize("block_rows", [None, 2, 3])
+@pytest.mark.parametrize("kv_heads,softcap,window", [(4, None, None), (2, None, 3), (1, 5.0, None)])
+def test_probed_attention_equals_autograd_through_eager_attention(kv_heads, softcap, window, block_rows):
+    """The attention's own backward against autograd through plain eager math, for several seeds at once; in row
+    blocks too, with a causal, a left-padded and a sliding-window mask."""
     generator = torch.Generator().manual_seed(kv_heads)
     batch, heads, length, dim, scaling = 2, 4, 7, 8, 0.3
 
@@ -153,11 +158,23 @@ def test_probed_attention_equals_autograd_through_eager_attention(kv_heads, soft
     allowed = torch.ones(length, length, dtype=torch.bool).tril().expand(batch, 1, length, length).clone()
     allowed[0, :, :, :2] = False  # a left-padded row
     allowed[0, :, :2, 0] = True
+    if window is not None:
+        allowed[1] &= ~torch.ones(length, length, dtype=torch.bool).tril(-window)
     mask = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
     probe = torch.zeros(batch, length, length, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(3, batch, heads, length, dim, generator=generator, dtype=torch.float64)
 
-    output = teacher_attention._ProbedAttention.apply(query, key, value, mask, probe, scaling, softcap)
+    blocks = None if block_rows is None else teacher_attention.row_blocks(mask, length, length, block_rows)
+    if block_rows is not None:  # every row once; every key a block leaves out is masked for all its rows
+        assert blocks[0::4] == list(range(0, length, block_rows))
+        assert blocks[1::4] == [min(start + block_rows, length) for start in range(0, length, block_rows)]
+        for start, stop, key_start, key_stop in zip(*(blocks[i::4] for i in range(4)), strict=True):
+            outside = torch.ones(length, dtype=torch.bool)
+            outside[key_start:key_stop] = False
+            assert not allowed[:, :, start:stop, outside].any()
+        assert blocks[2:4] == [0, block_rows], "the first rows see only the first keys"
+        assert sum(b - a for a, b in zip(blocks[2::4], blocks[3::4], strict=True)) < length * len(blocks) // 4
+    output = teacher_attention._ProbedAttention.apply(query, key, value, mask, probe, scaling, softcap, blocks)
     targets = (output.unsqueeze(0) * weights).sum(dim=(1, 2, 3, 4)) ** 2  # three nonlinear targets
     seeds = torch.eye(3, dtype=torch.float64)
     batched = torch.func.vmap(
@@ -372,6 +389,8 @@ def test_bad_options_are_refused(model):
         gradient_relevancy(model, inputs, sequences, layers=[5])
     with pytest.raises(ValueError, match="token_chunk_size"):
         gradient_relevancy(model, inputs, sequences, token_chunk_size=0)
+    with pytest.raises(ValueError, match="attention_block_rows"):
+        gradient_relevancy(model, inputs, sequences, attention_block_rows=-1)
     with pytest.raises(ValueError, match="input_ids"):
         gradient_relevancy(model, {"pixel_values": inputs["pixel_values"]}, sequences)
     with pytest.raises(TypeError, match="generate"):

@@ -61,27 +61,29 @@ class _ProbedAttention(torch.autograd.Function):
         probe: torch.Tensor | None,
         scaling: float,
         softcap: float | None,
+        blocks: list[int] | None = None,
     ) -> torch.Tensor:
         probs, _ = _probabilities(query, key, mask, scaling, softcap)
         return (probs @ value).view(query.shape)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        query, key, value, mask, _probe, scaling, softcap = inputs
+        query, key, value, mask, _probe, scaling, softcap, *rest = inputs
         ctx.save_for_backward(query, key, value, mask)
         ctx.scaling = scaling
         ctx.softcap = softcap
+        ctx.blocks = list(rest[0]) if rest and rest[0] is not None else [0, query.shape[2], 0, key.shape[2]]
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor):
         query, key, value, mask = ctx.saved_tensors
         need_query, need_key, need_value, _, need_probe = ctx.needs_input_grad[:5]
         needs = (need_query, need_key, need_value, need_probe)
-        grads = _backward_op(grad_output, query, key, value, mask, ctx.scaling, ctx.softcap, *needs)
+        grads = _backward_op(grad_output, query, key, value, mask, ctx.scaling, ctx.softcap, *needs, ctx.blocks)
         grad_query, grad_key, grad_value, grad_probe = (
             g if need else None for g, need in zip(grads, needs, strict=True)
         )
-        return grad_query, grad_key, grad_value, None, grad_probe, None, None
+        return grad_query, grad_key, grad_value, None, grad_probe, None, None, None
 
 
 def attention_backward(
@@ -93,6 +95,7 @@ def attention_backward(
     scaling: float,
     softcap: float | None,
     needs: tuple[bool, bool, bool, bool],
+    blocks: list[int] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """The backward of [`_ProbedAttention`] for several gradients at once (one per token), explicitly batched.
 
@@ -100,14 +103,73 @@ def attention_backward(
         grad_output (`torch.Tensor` of shape `(tokens, batch, heads, q_len, head_dim)`): gradients of the output.
         query, key, value, mask, scaling, softcap: as saved by the forward (no token dimension).
         needs: which of (query, key, value, probe) gradients to compute.
+        blocks (`list[int]`, *optional*): query-row blocks as flat triples ``[row_start, row_stop, key_start,
+            key_stop, ...]`` (see [`row_blocks`]): each block of rows is computed against the keys it can see only
+            (half of the ``(q, k)`` work of a causal mask is skipped); one block over everything when None.
 
     Returns:
         `(grad_query, grad_key, grad_value, grad_probe)`, each with a leading `tokens` dimension (an empty tensor
         where not needed); grad_probe is ``mean_heads clamp(dL/dA * A, min=0)``, `(tokens, batch, q_len, k_len)`.
 
-    The tokens are folded into the rows of each product (``(batch, kv_heads, tokens * groups * q_len, ...)``) or
+    The tokens are folded into the rows of each product (``(batch, kv_heads, tokens * groups * rows, ...)``) or
     kept as a batch dimension of the large `(q, k)` operand, so the `(q, k)` probabilities, shared by all tokens,
     are never copied per token.
+    """
+    tokens = grad_output.shape[0]
+    batch, _, q_len, _ = query.shape
+    k_len = key.shape[2]
+    if blocks is None or tuple(blocks) == (0, q_len, 0, k_len):
+        return _block_backward(grad_output, query, key, value, mask, scaling, softcap, needs)
+    need_query, need_key, need_value, need_probe = needs
+    accumulate = relevance_dtype(query.dtype)  # key/value gradients are sums over blocks: kept in float32
+    grad_query = query.new_zeros(tokens, *query.shape) if need_query else query.new_empty(0)
+    grad_key = key.new_zeros(tokens, *key.shape, dtype=accumulate) if need_key else key.new_empty(0)
+    grad_value = value.new_zeros(tokens, *value.shape, dtype=accumulate) if need_value else value.new_empty(0)
+    grad_probe = (
+        query.new_zeros(tokens, batch, q_len, k_len, dtype=relevance_dtype(query.dtype))
+        if need_probe
+        else query.new_empty(0)
+    )
+    for index in range(0, len(blocks), 4):
+        rows, keys = slice(blocks[index], blocks[index + 1]), slice(blocks[index + 2], blocks[index + 3])
+        block_mask = None if mask is None else mask[..., rows, keys]
+        grads = _block_backward(
+            grad_output[..., rows, :],
+            query[..., rows, :],
+            key[..., keys, :],
+            value[..., keys, :],
+            block_mask,
+            scaling,
+            softcap,
+            needs,
+        )
+        if need_query:
+            grad_query[..., rows, :] = grads[0]
+        if need_key:
+            grad_key[..., keys, :] += grads[1]
+        if need_value:
+            grad_value[..., keys, :] += grads[2]
+        if need_probe:
+            grad_probe[..., rows, keys] = grads[3]
+    if need_key:
+        grad_key = grad_key.to(key.dtype)
+    if need_value:
+        grad_value = grad_value.to(value.dtype)
+    return grad_query, grad_key, grad_value, grad_probe
+
+
+def _block_backward(
+    grad_output: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None,
+    needs: tuple[bool, bool, bool, bool],
+) -> tuple[torch.Tensor, ...]:
+    """[`attention_backward`] for one block of query rows against one range of keys (shapes as there, with
+    `q_len` the block's rows and `k_len` its keys); exact when every key outside the range is masked for these rows.
     """
     need_query, need_key, need_value, need_probe = needs
     tokens = grad_output.shape[0]
@@ -151,6 +213,36 @@ def attention_backward(
     return grad_query, grad_key, grad_value, grad_probe
 
 
+def row_blocks(mask: torch.Tensor | None, q_len: int, k_len: int, block_rows: int) -> list[int]:
+    """Query-row blocks of `block_rows` rows and the keys each block can see, as flat ``[row_start, row_stop,
+    key_start, key_stop, ...]`` for [`attention_backward`].
+
+    A key is outside a block's range only if the additive `mask` (`(batch or 1, 1, q_len, k_len)`) blocks it
+    (``finfo.min`` or ``-inf``) for every row of the block in every batch row, so its probability is exactly zero there;
+    a block holding a row that sees no key at all (a padding row, whose softmax is uniform over every key) keeps all
+    keys. Without a mask every block sees every key.
+    """
+    if mask is None or block_rows >= q_len:
+        return [0, q_len, 0, k_len]
+    per_row = (mask[..., :k_len] > torch.finfo(mask.dtype).min).any(dim=1)  # (batch, q_len, k_len)
+    empty = ~per_row.any(dim=-1).all(dim=0)  # (q_len,): a row that sees no key in some batch row
+    allowed = per_row.any(dim=0)  # (q_len, k_len)
+    columns = torch.arange(k_len, device=allowed.device)
+    first = torch.where(allowed, columns, k_len).amin(dim=-1)
+    last = torch.where(allowed, columns, -1).amax(dim=-1)
+    spans = torch.stack([first, last + 1, empty.long()], dim=-1).tolist()  # one transfer
+    blocks = []
+    for start in range(0, q_len, block_rows):
+        stop = min(start + block_rows, q_len)
+        span = spans[start:stop]
+        if any(row[2] for row in span):
+            key_start, key_stop = 0, k_len
+        else:
+            key_start, key_stop = min(row[0] for row in span), max(row[1] for row in span)
+        blocks.extend([start, stop, key_start, key_stop])
+    return blocks
+
+
 def _backward_plain(
     grad_output: torch.Tensor,
     query: torch.Tensor,
@@ -163,17 +255,20 @@ def _backward_plain(
     need_key: bool,
     need_value: bool,
     need_probe: bool,
+    blocks: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     needs = (need_query, need_key, need_value, need_probe)
-    grads = attention_backward(grad_output.unsqueeze(0), query, key, value, mask, scaling, softcap, needs)
+    grads = attention_backward(grad_output.unsqueeze(0), query, key, value, mask, scaling, softcap, needs, blocks)
     return tuple(g[0].contiguous() if need else g for g, need in zip(grads, needs, strict=True))
 
 
-def _backward_batched(info, in_dims, grad_output, query, key, value, mask, scaling, softcap, *needs):
+def _backward_batched(info, in_dims, grad_output, query, key, value, mask, scaling, softcap, *needs_and_blocks):
     # Under torch.func.vmap (several tokens' gradients at once), only grad_output carries the tokens dimension.
     if any(dim is not None for dim in in_dims[1:5]):
         raise NotImplementedError("The teacher's attention backward batches over output gradients only.")
-    grads = attention_backward(grad_output.movedim(in_dims[0], 0), query, key, value, mask, scaling, softcap, needs)
+    *needs, blocks = needs_and_blocks
+    grad_output = grad_output.movedim(in_dims[0], 0)
+    grads = attention_backward(grad_output, query, key, value, mask, scaling, softcap, tuple(needs), blocks)
     return tuple(g.contiguous() if need else g for g, need in zip(grads, needs, strict=True)), tuple(
         0 if need else None for need in needs
     )
@@ -308,6 +403,8 @@ class AttentionCapture:
         layers (`nn.ModuleList`): the text decoder's layers, first to last.
         probed_layers (`list[int]`): indices of the layers whose relevance is recorded (others run the same attention
             without a probe, so gradients still flow through them exactly).
+        block_rows (`int`, *optional*): query rows per block of the attention's backward (see [`row_blocks`]); one
+            block over all rows when None.
 
     After a forward pass inside the context, `probes` maps each probed layer to its probe, shape
     `(batch, seq, seq)`; the gradient of a target with respect to a probe is that layer's
@@ -315,7 +412,12 @@ class AttentionCapture:
     """
 
     def __init__(
-        self, model: nn.Module, language_model: nn.Module, layers: nn.ModuleList, probed_layers: list[int]
+        self,
+        model: nn.Module,
+        language_model: nn.Module,
+        layers: nn.ModuleList,
+        probed_layers: list[int],
+        block_rows: int | None = None,
     ) -> None:
         self.model = model
         self.language_model = language_model
@@ -324,6 +426,8 @@ class AttentionCapture:
         self.probed_layers = set(probed_layers)
         self.probes: dict[int, torch.Tensor] = {}
         self.called_layers: list[int] = []
+        self.block_rows = block_rows
+        self._blocks: tuple[tuple[Any, int, int], list[int]] | None = None  # ((mask, q_len, k_len), blocks)
         self._saved_implementations: list[tuple[PretrainedConfig, Any]] = []
 
     def __enter__(self) -> AttentionCapture:
@@ -358,6 +462,19 @@ class AttentionCapture:
     def release(self) -> None:
         """Drops the probes (and with them the last references to the graph kept for the teacher)."""
         self.probes = {}
+        self._blocks = None
+
+    def blocks_for(self, source: Any, mask: torch.Tensor | None, q_len: int, k_len: int) -> list[int]:
+        """[`row_blocks`] of `mask`, computed once for all layers given the same attention mask `source`."""
+        if self.block_rows is None:
+            return [0, q_len, 0, k_len]
+        if source is None:  # a mask built here (causal or none): nothing to share it with
+            return row_blocks(mask, q_len, k_len, self.block_rows)
+        cache_key = (source, q_len, k_len)
+        cached = self._blocks
+        if cached is None or cached[0][0] is not source or cached[0][1:] != cache_key[1:]:
+            cached = self._blocks = (cache_key, row_blocks(mask, q_len, k_len, self.block_rows))
+        return cached[1]
 
     def attend(
         self,
@@ -391,7 +508,8 @@ class AttentionCapture:
             )
             self.probes[layer] = probe
         self.called_layers.append(layer)
-        output = _ProbedAttention.apply(query, key, value, mask, probe, float(scaling), softcap)
+        blocks = self.blocks_for(attention_mask, mask, query.shape[-2], key.shape[-2])
+        output = _ProbedAttention.apply(query, key, value, mask, probe, float(scaling), softcap, blocks)
         return output.transpose(1, 2).contiguous(), None
 
 

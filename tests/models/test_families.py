@@ -237,6 +237,12 @@ def test_teacher_runs_on_the_same_grids_and_tokens(name):
     assert float(result.relevancy[valid].sum()) > 0, "the teacher's maps are all zero: attention was not captured"
     for row_maps, row_expected in zip(result.relevancy_maps(), out.relevancy_maps(), strict=True):
         assert [m.shape for m in row_maps] == [m.shape for m in row_expected]
+    # The attention backward in small row blocks (each against the keys its rows see: causal, sliding-window and
+    # bidirectional image masks) gives the same maps as one block.
+    blocked = teacher.gradient_relevancy(model, dict(inputs), out.sequences, attention_block_rows=3).relevancy
+    one_block = teacher.gradient_relevancy(model, dict(inputs), out.sequences, attention_block_rows=0).relevancy
+    torch.testing.assert_close(blocked, one_block, rtol=1e-5, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(result.relevancy, one_block, rtol=1e-5, atol=1e-6, equal_nan=True)
 
     last = reference_hidden_states(model, inputs, out.sequences, case)
     prompt_length = inputs["input_ids"].shape[1]
