@@ -9,6 +9,8 @@ Methods, each on the same greedy tokens (``min_new_tokens = max_new_tokens``, so
 * ``generate``: plain ``model.generate()`` (sdpa attention), the baseline;
 * ``lean``: ``generate()`` and then ``hf_fastrm.teacher.gradient_relevancy`` (frozen weights, one teacher-forced
   forward, batched per-token backwards, row-vector propagation); its teacher-only time is reported too;
+* ``forward``: one forward pass (no graph) over the prompt and the generated tokens, the unit in which the teacher's
+  cost is best read: an exact gradient teacher needs one backward per token, and a backward costs about a forward;
 * ``naive``: the LVLM-Interpret way (tests/teacher_reference.py): weights requiring grad, eager attention, the graph
   kept through the (cached) decoding steps, one ``backward()`` per token, full ``n x n`` products.
 
@@ -51,7 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 8 tokens per backward: fastest on an H200 (1.01 s against 1.09 s with 4), 1.26x plain generate's memory.
     "llava-7b": {"device": "cuda", "new_tokens": 32, "repeats": 5, "naive_repeats": 1, "warmup": 1, "chunk": 8},
 }
-METHODS = ("generate", "lean", "naive")
+METHODS = ("generate", "forward", "lean", "naive")
 GOALS = {"cpu": "goal: lean >= 5x faster than naive", "cuda": "goals: lean >= 25x faster, memory <= 1.3x generate"}
 
 
@@ -101,7 +103,7 @@ def run_method(method: str, model, inputs: dict, args: argparse.Namespace) -> di
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    sequences = model.generate(**inputs, **generate_kwargs) if method == "naive" else None
+    sequences = model.generate(**inputs, **generate_kwargs) if method in ("naive", "forward") else None
     times, teacher_times, peaks = [], [], []
     relevancy = None
     repeats = args.naive_repeats if method == "naive" else args.repeats
@@ -112,11 +114,26 @@ def run_method(method: str, model, inputs: dict, args: argparse.Namespace) -> di
         start = time.perf_counter()
         if method == "generate":
             model.generate(**inputs, **generate_kwargs)
+        elif method == "forward":
+            with torch.no_grad():
+                model(
+                    input_ids=sequences,
+                    attention_mask=torch.ones_like(sequences),
+                    pixel_values=inputs["pixel_values"],
+                    use_cache=False,
+                    logits_to_keep=args.new_tokens,
+                )
         elif method == "lean":
             generated = model.generate(**inputs, **generate_kwargs)
             synchronize()
             teacher_start = time.perf_counter()
-            relevancy = gradient_relevancy(model, inputs, generated, token_chunk_size=args.token_chunk_size).relevancy
+            relevancy = gradient_relevancy(
+                model,
+                inputs,
+                generated,
+                token_chunk_size=args.token_chunk_size,
+                attention_block_rows=args.attention_block_rows,
+            ).relevancy
             synchronize()
             teacher_time = time.perf_counter() - teacher_start
         else:
@@ -160,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--naive-repeats", type=int, default=None, help="timed runs of the naive method")
     parser.add_argument("--warmup", type=int, default=None, help="untimed runs before the timed ones")
     parser.add_argument("--token-chunk-size", type=int, default=None, help="tokens per batched backward (lean)")
+    parser.add_argument(
+        "--attention-block-rows", type=int, default=None, help="query rows per block in the attention backward (lean)"
+    )
     parser.add_argument("--skip-naive", action="store_true", help="leave out the naive method (slow, memory-hungry)")
     parser.add_argument("--tiny", action="store_true", help="tiny widths, same code path (smoke-test a preset)")
     parser.add_argument("--num-layers", type=int, default=None, help="override the language model's depth")
@@ -219,6 +239,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict
         "image_tokens": 576,
         "text_tokens": args.text_tokens,
         "token_chunk_size": args.token_chunk_size,
+        "attention_block_rows": args.attention_block_rows,
         "repeats": args.repeats,
         "naive_repeats": args.naive_repeats if naive else 0,
         "memory_method": "torch.cuda.max_memory_allocated"
@@ -231,6 +252,10 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict
         figures[f"{name}_times_s"] = result["times_s"]
         figures[f"{name}_peak_bytes"] = result["peak_bytes"]
     figures["lean_teacher_time_s"] = lean["teacher_time_s"]
+    forward = results.get("forward")
+    if forward:
+        # An exact teacher backpropagates once per token; a backward costs about one forward.
+        figures["teacher_forward_equivalents_per_token"] = lean["teacher_time_s"] / args.new_tokens / forward["time_s"]
     figures["lean_memory_vs_generate"] = lean["peak_bytes"] / plain["peak_bytes"]
     if naive:
         figures["naive_memory_vs_generate"] = naive["peak_bytes"] / plain["peak_bytes"]
@@ -251,6 +276,8 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict
         print(f"(CPU preset: {args.new_tokens} new tokens rather than 32, to keep the naive method to a few minutes.)")
     print(f"{'method':<26}{'time (s)':>10}{'vs naive':>10}{'peak (GiB)':>12}{'vs generate':>13}")
     rows = [("plain generate", plain["time_s"], plain["peak_bytes"])]
+    if forward:
+        rows.append(("one forward (no graph)", forward["time_s"], forward["peak_bytes"]))
     rows.append(("lean (generate + teacher)", lean["time_s"], lean["peak_bytes"]))
     rows.append(("  of which teacher", lean["teacher_time_s"], None))
     if naive:
@@ -269,6 +296,11 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict
         skipped = f"naive failed ({args.naive_error})" if getattr(args, "naive_error", None) else "naive skipped"
         figures["naive_error"] = getattr(args, "naive_error", None)
         print(f"lean peak memory {figures['lean_memory_vs_generate']:.2f}x plain generate; {skipped}.")
+    if forward:
+        print(
+            f"The teacher costs {figures['teacher_forward_equivalents_per_token']:.2f} forward passes per explained "
+            "token (an exact gradient teacher needs one backward per token; a backward costs about a forward)."
+        )
     print(f"Memory: {figures['memory_method']}.")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
