@@ -122,7 +122,7 @@ def attention_backward(
         return _block_backward(grad_output, query, key, value, mask, scaling, softcap, needs)
     need_query, need_key, need_value, need_probe = needs
     accumulate = relevance_dtype(query.dtype)  # key/value gradients are sums over blocks: kept in float32
-    grad_query = query.new_zeros(tokens, *query.shape) if need_query else query.new_empty(0)
+    grad_query = query.new_empty(tokens, *query.shape) if need_query else query.new_empty(0)  # every row written
     grad_key = key.new_zeros(tokens, *key.shape, dtype=accumulate) if need_key else key.new_empty(0)
     grad_value = value.new_zeros(tokens, *value.shape, dtype=accumulate) if need_value else value.new_empty(0)
     grad_probe = (
