@@ -128,8 +128,8 @@ def gradient_relevancy(
         return_hidden_states (`bool`, *optional*, defaults to `False`): also return the last hidden states at the
             image positions and at the positions that chose each token (from the same forward pass).
         token_chunk_size (`int`, *optional*): tokens whose gradients one batched backward computes (memory grows with
-            it; 1 means one plain backward per token). Defaults to 2 on CPU (the backward's large elementwise work
-            stays in cache: 6.5 s against 9.5 s with 8 on the cpu-mid benchmark model) and 8 on accelerators
+            it; 1 means one plain backward per token). Defaults to 2 on CPU (with the attention in row blocks, 2 to 8
+            tokens measure within 5 % of each other on the cpu-mid benchmark model) and 8 on accelerators
             (fastest on an H200 at 7B, 1.26x the memory of plain generate). A chunk that runs out of accelerator
             memory is retried in halves.
         attention_block_rows (`int`, *optional*): query rows per block in the attention's backward: each block is
