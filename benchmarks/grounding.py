@@ -89,6 +89,18 @@ def pointing_hit(relevancy_map: np.ndarray | torch.Tensor, target_patches: np.nd
     return bool(target[peaks].all())
 
 
+TOKEN_KINDS = ("answer word", "none", "end of sequence")
+"""Kinds of answer tokens the agreement is also broken down by: the answer's word about an object, the word "none"
+(an absent object), and the end-of-sequence token."""
+
+
+def token_kind(token_id: int, special_ids: set[int], tokenizer: Any) -> str:
+    """Which of `TOKEN_KINDS` a generated token is."""
+    if token_id in special_ids:
+        return "end of sequence"
+    return "none" if tokenizer.decode([token_id]).strip() == "none" else "answer word"
+
+
 def minmax(values: np.ndarray) -> np.ndarray:
     """Min-max normalisation along the last axis (a constant row becomes zeros)."""
     values = np.asarray(values, dtype=np.float64)
@@ -302,6 +314,8 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     teacher_entries: list[np.ndarray] = []
     fastrm_entries: list[np.ndarray] = []
+    kind_entries: list[np.ndarray] = []  # per entry: the kind of answer token it belongs to (TOKEN_KINDS)
+    token_kinds: list[str] = []  # per compared token
     pictures: list[str] = []
     for start in logging.tqdm(
         range(0, len(examples), batch_size), desc="grounding", unit="batch", disable=not show_progress
@@ -365,6 +379,9 @@ def evaluate(
             usable = np.isfinite(teacher_maps).all(-1) & (np.ptp(np.nan_to_num(teacher_maps), axis=-1) > 0)
             teacher_entries.append(minmax(teacher_maps[usable]).ravel())
             fastrm_entries.append(minmax(np.nan_to_num(fastrm_maps[usable])).ravel())
+            kinds = np.array([token_kind(int(token), special_ids, tokenizer) for token in answer_ids])
+            kind_entries.append(np.repeat(kinds[usable], teacher_maps.shape[1]))
+            token_kinds.extend(kinds[usable].tolist())
             if pictures_dir and question.present and len(pictures) < num_pictures:
                 grid = round(math.sqrt(fastrm_maps.shape[1]))
                 path = os.path.join(pictures_dir, f"grounding-{len(pictures)}.png")
@@ -381,6 +398,7 @@ def evaluate(
     teacher_all = np.concatenate(teacher_entries) if teacher_entries else np.zeros(0)
     fastrm_all = np.concatenate(fastrm_entries) if fastrm_entries else np.zeros(0)
     teacher_labels = teacher_all >= threshold
+    kinds_all = np.concatenate(kind_entries) if kind_entries else np.zeros(0, dtype=str)
     from hf_fastrm.distill import auroc
 
     present = [row for row in rows if row["present"]]
@@ -453,6 +471,16 @@ def evaluate(
             "f1": binary_f1(fastrm_all >= threshold, teacher_labels),
             "auroc": float(auroc(fastrm_all, teacher_labels)) if teacher_all.size else None,
             "num_entries": int(teacher_all.size),
+            "by_token_kind": {
+                kind: {
+                    "f1": binary_f1(fastrm_all[chosen] >= threshold, teacher_labels[chosen]),
+                    "teacher_positive_rate": float(teacher_labels[chosen].mean()),
+                    "num_tokens": token_kinds.count(kind),
+                }
+                for kind in TOKEN_KINDS
+                for chosen in [kinds_all == kind]
+                if chosen.any()
+            },
         },
         "combined_score": [combination_aurocs(rows, lam, min_class) for lam in combination_lambdas],
         "confidence_auroc": {
@@ -518,6 +546,10 @@ def format_table(report: dict[str, Any]) -> str:
         ("pointing game, FastRM", shown(pointing["fastrm"])),
         (f"F1 vs teacher at {agreement['threshold']}", shown(agreement["f1"])),
         ("AUROC vs teacher", shown(agreement["auroc"])),
+        *(
+            (f"  F1 on {kind} tokens ({numbers['num_tokens']})", shown(numbers["f1"]))
+            for kind, numbers in agreement.get("by_token_kind", {}).items()
+        ),
         ("confidence AUROC, correct vs wrong (FastRM)", shown(confidence["correct_vs_wrong"])),
     ]
     for subset, label in (("all", "all questions"), ("present", "present objects only")):

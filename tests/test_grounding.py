@@ -147,6 +147,21 @@ def test_grounding_script_tiny(tmp_path, capsys):
     if report["num_wrong"] < 5:  # too few wrong answers: not defined, never a made-up number
         assert report["confidence_auroc"]["correct_vs_wrong"] is None
     assert len(report["pictures"]) == 1 and os.path.isfile(report["pictures"][0])
+    # Agreement by answer-token kind: every compared token counted once; the pooled F1 lies between the kinds' F1s.
+    agreement = report["agreement"]
+    by_kind = agreement["by_token_kind"]
+    assert set(by_kind) <= set(grounding.TOKEN_KINDS) and "end of sequence" in by_kind
+    assert sum(numbers["num_tokens"] for numbers in by_kind.values()) * 36 == agreement["num_entries"]
+    scores = [numbers["f1"] for numbers in by_kind.values()]
+    assert min(scores) - 1e-12 <= agreement["f1"] <= max(scores) + 1e-12
+
+
+def test_token_kind():
+    tokenizer = load_default_processor().tokenizer
+    none_id, red_id = tokenizer.convert_tokens_to_ids(["none", "red"])
+    assert grounding.token_kind(none_id, {2}, tokenizer) == "none"
+    assert grounding.token_kind(red_id, {2}, tokenizer) == "answer word"
+    assert grounding.token_kind(2, {2}, tokenizer) == "end of sequence"
 
 
 def test_defined_auroc_leaves_out_unscored_examples():
