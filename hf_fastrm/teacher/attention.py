@@ -103,7 +103,7 @@ def attention_backward(
         grad_output (`torch.Tensor` of shape `(tokens, batch, heads, q_len, head_dim)`): gradients of the output.
         query, key, value, mask, scaling, softcap: as saved by the forward (no token dimension).
         needs: which of (query, key, value, probe) gradients to compute.
-        blocks (`list[int]`, *optional*): query-row blocks as flat triples ``[row_start, row_stop, key_start,
+        blocks (`list[int]`, *optional*): query-row blocks as flat groups of four ``[row_start, row_stop, key_start,
             key_stop, ...]`` (see [`row_blocks`]): each block of rows is computed against the keys it can see only
             (half of the ``(q, k)`` work of a causal mask is skipped); one block over everything when None.
 
@@ -220,7 +220,7 @@ def row_blocks(mask: torch.Tensor | None, q_len: int, k_len: int, block_rows: in
     A key is outside a block's range only if the additive `mask` (`(batch or 1, 1, q_len, k_len)`) blocks it
     (``finfo.min`` or ``-inf``) for every row of the block in every batch row, so its probability is exactly zero there;
     a block holding a row that sees no key at all (a padding row, whose softmax is uniform over every key) keeps all
-    keys. Without a mask every block sees every key.
+    keys. Without a mask (or with blocks as tall as the query) the answer is one block over everything.
     """
     if mask is None or block_rows >= q_len:
         return [0, q_len, 0, k_len]
