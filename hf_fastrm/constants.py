@@ -15,3 +15,6 @@ DEFAULT_HEAD_DIM = 256
 
 DEFAULT_LABEL_THRESHOLD = 0.3
 """Min-max-normalised teacher relevance at or above which a patch is labelled relevant (the paper's best)."""
+
+HEAD_SUBFOLDER = "fastrm_head"
+"""Sub-folder of a `FastRMWrapper.save_pretrained` folder holding the head (the base model's files sit above it)."""

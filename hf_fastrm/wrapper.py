@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import LogitsProcessorList
 from transformers.utils import logging
 
 from .architectures import get_adapter
+from .constants import CONFIG_NAME, HEAD_SUBFOLDER
 from .head import FastRMHead
 from .outputs import attach_result
 from .processor import FastRMLogitsProcessor
@@ -19,13 +21,28 @@ logger = logging.get_logger(__name__)
 _HEAD_HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only", "force_download")
 
 
-class FastRMWrapper:
-    """Wraps a Hugging Face vision-language model and a [`FastRMHead`].
+class FastRMWrapper(nn.Module):
+    """Wraps a Hugging Face vision-language model and a [`FastRMHead`], as PEFT's `PeftModel` wraps a model and its
+    adapter.
 
-    Without ``return_relevancy`` it *is* the base model: attribute access, `generate`, `forward`/`__call__` and
-    `save_pretrained` pass through unchanged. With ``generate(..., return_relevancy=True)`` the output is a
-    [`FastRMGenerateDecoderOnlyOutput`] (or its beam-search twin) carrying `relevancy`, `confidence`,
+    It is an `nn.Module` holding the base model (`self.model`) and the head (`self.head`, `None` when there is none)
+    as registered submodules. Without ``return_relevancy`` it behaves as the base model: attributes it does not have
+    itself (`config`, `generation_config`, `device`, `dtype`, `can_generate`, ...) are the base model's, and so are
+    `generate`, `forward`/`__call__` and `save_pretrained`. With ``generate(..., return_relevancy=True)`` the output
+    is a [`FastRMGenerateDecoderOnlyOutput`] (or its beam-search twin) carrying `relevancy`, `confidence`,
     `sequence_confidence` and `relevancy_maps()`.
+
+    `.eval()`, `.train()`, `.to()`, `.cpu()`, `.cuda()`, `.float()`, `.half()`, `.bfloat16()`, `.double()` and
+    `.requires_grad_()` act on the base model and the head (the head follows the model to its final norm's device,
+    and to the dtype a call names; at construction it keeps its own dtype) and return the wrapper, so ``model = FastRMWrapper(base, head).eval()`` keeps FastRM. Attributes assigned on the wrapper go
+    to the base model (``wrapper.generation_config = ...`` changes what `generate` uses), except the wrapper's own
+    (`model`, `head`, `adapter`, `check_base_model` and `nn.Module` internals).
+
+    `state_dict()` is that of an `nn.Module` with two children: the base model's keys under ``model.`` and the head's
+    under ``head.``, so `load_state_dict` round-trips between wrappers. `save_pretrained` writes the base model's
+    files as `PreTrainedModel.save_pretrained` does (the folder loads with `AutoModelForImageTextToText`) and the
+    head, when there is one, in the sub-folder ``fastrm_head/``; `FastRMWrapper.from_pretrained(folder)` finds it
+    there again.
 
     Args:
         model (`PreTrainedModel`): a model of a supported family.
@@ -42,13 +59,27 @@ class FastRMWrapper:
     ```
     """
 
+    _OWN_ATTRIBUTES = frozenset({"model", "head", "adapter", "check_base_model", "training"})
+
     def __init__(self, model: nn.Module, head: FastRMHead | None = None, *, check_base_model: bool = True) -> None:
-        object.__setattr__(self, "model", model)
-        object.__setattr__(self, "adapter", get_adapter(model))
+        if isinstance(model, FastRMWrapper):
+            model = model.model
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a vision-language model (an nn.Module), got {type(model).__name__}.")
+        if head is not None and not isinstance(head, FastRMHead):
+            raise TypeError(
+                f"`head` must be a FastRMHead, got {type(head).__name__}; load one with FastRMHead.from_pretrained."
+            )
+        adapter = get_adapter(model)
         if head is not None:
             head.check_compatible(model.config, check_base_model=check_base_model)
-        object.__setattr__(self, "head", head)
-        object.__setattr__(self, "check_base_model", check_base_model)
+        super().__init__()
+        self.model = model
+        self.register_module("head", head)
+        self.adapter = adapter
+        self.check_base_model = check_base_model
+        if head is not None:
+            self._head_follows_model()
 
     @classmethod
     def from_pretrained(
@@ -65,13 +96,17 @@ class FastRMWrapper:
         Args:
             pretrained_model_name_or_path (`str` or `PreTrainedModel`): a Hub id or folder, loaded with
                 `AutoModelForImageTextToText.from_pretrained(..., **from_pretrained_kwargs)`, or a loaded model.
-            head (`str` or [`FastRMHead`], *optional*): a head folder or Hub repo id, or a loaded head.
+            head (`str` or [`FastRMHead`], *optional*): a head folder or Hub repo id, or a loaded head. When omitted
+                and `pretrained_model_name_or_path` is a local folder written by [`FastRMWrapper.save_pretrained`],
+                the head in its ``fastrm_head/`` sub-folder is loaded.
             head_kwargs (`dict`, *optional*): passed to [`FastRMHead.from_pretrained`] (revision, subfolder,
                 cache_dir, token, local_files_only, ...); `cache_dir`, `token` and `local_files_only` of
                 `from_pretrained_kwargs` are used for the head too unless given here.
             check_base_model (`bool`, *optional*, defaults to `True`): see [`FastRMHead.check_compatible`].
             from_pretrained_kwargs: `dtype`, `device_map`, `revision`, `attn_implementation`, ... for the model.
         """
+        if isinstance(pretrained_model_name_or_path, FastRMWrapper):
+            pretrained_model_name_or_path = pretrained_model_name_or_path.model
         if isinstance(pretrained_model_name_or_path, nn.Module):
             model = pretrained_model_name_or_path
         else:
@@ -80,6 +115,9 @@ class FastRMWrapper:
             model = AutoModelForImageTextToText.from_pretrained(
                 pretrained_model_name_or_path, **from_pretrained_kwargs
             )
+            saved_head = os.path.join(os.fspath(pretrained_model_name_or_path), HEAD_SUBFOLDER)
+            if head is None and os.path.isfile(os.path.join(saved_head, CONFIG_NAME)):
+                head = saved_head
         if head is not None and not isinstance(head, FastRMHead):
             kwargs = {
                 k: from_pretrained_kwargs[k]
@@ -95,29 +133,84 @@ class FastRMWrapper:
 
     # ------------------------------------------------------------------ pass-through
     def __getattr__(self, name: str) -> Any:
-        return getattr(object.__getattribute__(self, "model"), name)
+        try:
+            return super().__getattr__(name)  # parameters, buffers and submodules of the wrapper
+        except AttributeError:
+            if name in ("model", "_modules", "_parameters", "_buffers") or "_modules" not in self.__dict__:
+                raise  # not yet initialised (unpickling, copying): never look into a missing model
+            return getattr(self._modules["model"], name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("model", "adapter", "head", "check_base_model"):
-            object.__setattr__(self, name, value)
+        if (
+            name in self._OWN_ATTRIBUTES
+            or name.startswith("_")
+            or "_modules" not in self.__dict__
+            or "model" not in self._modules
+            or name in self.__dict__
+        ):
+            super().__setattr__(name, value)
         else:
             setattr(self.model, name, value)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's forward (same arguments, same output)."""
         return self.model(*args, **kwargs)
 
     def __dir__(self) -> list[str]:
         return sorted(set(super().__dir__()) | set(dir(self.model)))
 
-    def __repr__(self) -> str:
-        return f"FastRMWrapper(model={type(self.model).__name__}, head={self.head!r})"
+    def _head_follows_model(self, dtype: torch.dtype | None = None) -> None:
+        """Puts the head on the device of the model's final norm (what the head reads), and in `dtype` if given."""
+        norm_param = next(self.adapter.final_norm(self.model).parameters(), None)
+        if norm_param is None:
+            norm_param = next(self.model.parameters(), None)
+        device = norm_param.device if norm_param is not None else None
+        self.head.to(device=device, dtype=dtype if dtype is not None and dtype.is_floating_point else None)
 
     def to(self, *args: Any, **kwargs: Any) -> FastRMWrapper:
+        """`to()` of the base model (with its checks for quantized or dispatched models); the head follows to the
+        device of the model's final norm, and to the dtype when one is given. Returns the wrapper."""
         self.model.to(*args, **kwargs)
+        if self.head is not None:
+            _, dtype, *_ = torch._C._nn._parse_to(*args, **kwargs)
+            self._head_follows_model(dtype)
         return self
+
+    def cpu(self) -> FastRMWrapper:
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | torch.device | None = None) -> FastRMWrapper:
+        self.model.cuda(device)
+        if self.head is not None:
+            self._head_follows_model()
+        return self
+
+    def float(self) -> FastRMWrapper:
+        return self.to(torch.float32)
+
+    def half(self) -> FastRMWrapper:
+        return self.to(torch.float16)
+
+    def bfloat16(self) -> FastRMWrapper:
+        return self.to(torch.bfloat16)
+
+    def double(self) -> FastRMWrapper:
+        return self.to(torch.float64)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, save_head: bool = True, **kwargs: Any):
+        """`save_pretrained` of the base model into `save_directory` (loadable with `AutoModelForImageTextToText`);
+        the head, when there is one and `save_head` is True, goes to ``save_directory/fastrm_head/`` (its config,
+        safetensors and model card), where [`FastRMWrapper.from_pretrained`] finds it.
+
+        Args:
+            save_directory (`str`): the folder.
+            save_head (`bool`, *optional*, defaults to `True`): also write the head.
+            args, kwargs: passed to the base model's `save_pretrained` (`safe_serialization`, `max_shard_size`, ...).
+        """
+        result = self.model.save_pretrained(save_directory, *args, **kwargs)
+        if save_head and self.head is not None:
+            self.head.save_pretrained(os.path.join(os.fspath(save_directory), HEAD_SUBFOLDER))
+        return result
 
     # ------------------------------------------------------------------ generation
     def generate(self, *args: Any, return_relevancy: bool | str = False, **kwargs: Any) -> Any:
@@ -136,6 +229,13 @@ class FastRMWrapper:
             return self.model.generate(*args, **kwargs)
         if return_relevancy not in (True, "fastrm", "gradient"):
             raise ValueError(f"`return_relevancy` must be True, 'fastrm' or 'gradient', got {return_relevancy!r}.")
+        if kwargs.get("return_dict_in_generate") is False:
+            raise ValueError(
+                "`return_relevancy` needs generate()'s dict output, but the call passed return_dict_in_generate=False "
+                "(the stock transformers pipelines do). For a pipeline, use the task 'fastrm-image-text-to-text' "
+                "(`import hf_fastrm.pipeline`; see docs/quickstart.md), which returns relevancy and confidence with "
+                "each output."
+            )
         kwargs["return_dict_in_generate"] = True
         if return_relevancy == "gradient":
             return self._generate_with_teacher(*args, **kwargs)

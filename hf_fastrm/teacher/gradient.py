@@ -113,7 +113,7 @@ def gradient_relevancy(
     r"""Exact gradient relevancy of every generated token over the image tokens.
 
     Args:
-        model (`PreTrainedModel`): a vision-language model of a registered family (its weights are not changed;
+        model (`PreTrainedModel` or [`FastRMWrapper`]): a vision-language model of a registered family (its weights are not changed;
             ``requires_grad``, train/eval mode and the attention implementation are restored on return, also on
             error).
         inputs (`dict`): what the processor gave `generate()`: `input_ids` `(batch, prompt_len)`, `attention_mask`,
@@ -155,6 +155,7 @@ def gradient_relevancy(
     >>> teacher.result.relevancy_maps(0)[0].shape  # (16, 24, 24) for LLaVA-1.5
     ```
     """
+    model = _unwrap(model)
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
     if token_chunk_size is None:
@@ -267,11 +268,12 @@ def gradient_relevancy_for_outputs(model: nn.Module, outputs: Any, inputs: dict[
     or beam search (each returned beam is explained as the sequence it is; ``beam_indices`` are not needed).
 
     Args:
-        model (`PreTrainedModel`): the model that generated.
+        model (`PreTrainedModel` or [`FastRMWrapper`]): the model that generated.
         outputs: `generate()`'s output (a `GenerateOutput` or the sequences tensor).
         inputs (`dict`): the keyword arguments of that `generate()` call (prompt tensors and generation settings;
             `eos_token_id` or `generation_config` there are honoured).
     """
+    model = _unwrap(model)
     sequences = getattr(outputs, "sequences", outputs)
     if not isinstance(outputs, (torch.Tensor, GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput)):
         raise TypeError(
@@ -544,6 +546,13 @@ def _image_index(layouts: list[RowImageLayout], device: torch.device) -> tuple[t
         index[row, : layout.num_image_tokens] = layout.image_positions
         mask[row, : layout.num_image_tokens] = True
     return index.to(device), mask.to(device)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The base model of a [`FastRMWrapper`]; any other model as it is."""
+    from ..wrapper import FastRMWrapper
+
+    return model.model if isinstance(model, FastRMWrapper) else model
 
 
 def _ids(value: int | list[int] | None) -> list[int]:
