@@ -113,9 +113,9 @@ def gradient_relevancy(
     r"""Exact gradient relevancy of every generated token over the image tokens.
 
     Args:
-        model (`PreTrainedModel` or [`FastRMWrapper`]): a vision-language model of a registered family (its weights are not changed;
-            ``requires_grad``, train/eval mode and the attention implementation are restored on return, also on
-            error).
+        model (`PreTrainedModel` or [`FastRMWrapper`]): a vision-language model of a registered family (its weights
+            are not changed; ``requires_grad``, train/eval mode and the attention implementation are restored on
+            return, also on error).
         inputs (`dict`): what the processor gave `generate()`: `input_ids` `(batch, prompt_len)`, `attention_mask`,
             `pixel_values`, `image_sizes`, ... Keys the model's forward does not take (generation settings) are ignored.
         sequences (`torch.LongTensor` of shape `(rows, prompt_len + new_tokens)`): `generate()`'s sequences; `rows` is
