@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+import sys
 import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import LogitsProcessor
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from transformers.utils import logging
 
-from .architectures import get_adapter
+from .architectures import RowImageLayout, get_adapter
 from .confidence import map_confidence, sequence_confidence
 from .head import FastRMHead
 from .outputs import FastRMResult
 from .taps import HiddenStateTap
+
+logger = logging.get_logger(__name__)
+
+
+_BEAM_SEARCH_LOOPS = frozenset({"_beam_search", "_group_beam_search", "_constrained_beam_search"})
+
+
+@dataclass(eq=False)
+class _CallRecord:
+    """What one `generate()` call that invoked the processor left: the prefill's facts and one map per step."""
+
+    image_keys: torch.Tensor  # (rows, image_tokens, k): the prefill this call ran on (compared by identity)
+    layouts: list[RowImageLayout]
+    image_token_mask: torch.Tensor  # (rows, image_tokens)
+    prompt_ids: torch.Tensor  # (rows, prompt_length), as expanded for beams / return sequences
+    beam_search: bool
+    steps: list[torch.Tensor] = field(default_factory=list)  # each (rows, image_tokens)
+    last_input_ids: torch.Tensor | None = None  # (rows, prompt_length + steps - 1)
+
+    @property
+    def prompt_length(self) -> int:
+        return int(self.prompt_ids.shape[1])
 
 
 class FastRMLogitsProcessor(LogitsProcessor):
@@ -23,14 +48,19 @@ class FastRMLogitsProcessor(LogitsProcessor):
 
     At construction it hooks the model's final norm (see [`HiddenStateTap`]); each step it runs the head on the
     newest last hidden state against keys computed once at prefill. The hooks live as long as the processor: use it
-    as a context manager or call [`FastRMLogitsProcessor.close`] to remove them (they are also removed when it is
-    garbage collected). One processor serves any number of `generate()` calls; each prefill starts a new result.
+    as a context manager or call [`FastRMLogitsProcessor.close`] to remove them; they are also removed when the
+    processor is garbage collected (the hooks hold no reference to it).
+
+    One processor serves any number of `generate()` calls. Each call that is given the processor (in
+    ``logits_processor=[...]``) replaces the result; calls on the same model that are not given it leave the result
+    as it was, even while the hooks are attached.
 
     Args:
-        model (`PreTrainedModel`):
+        model (`PreTrainedModel` or [`FastRMWrapper`]):
             The vision-language model `generate()` will run on (a family registered in `hf_fastrm.architectures`).
-        head ([`FastRMHead`]):
-            A head trained for this model; it is moved to the device of the model's final norm.
+        head ([`FastRMHead`], *optional*):
+            A head trained for this model; it is moved to the device of the model's final norm. Defaults to the head
+            of `model` when that is a [`FastRMWrapper`].
         check_base_model (`bool`, *optional*, defaults to `True`):
             Refuse a head whose base model name differs from the model's (see [`FastRMHead.check_compatible`]).
         special_token_ids (`list[int]`, *optional*):
@@ -49,11 +79,16 @@ class FastRMLogitsProcessor(LogitsProcessor):
     def __init__(
         self,
         model: nn.Module,
-        head: FastRMHead,
+        head: FastRMHead | None = None,
         *,
         check_base_model: bool = True,
         special_token_ids: list[int] | None = None,
     ) -> None:
+        from .wrapper import FastRMWrapper
+
+        if isinstance(model, FastRMWrapper):
+            head = model.head if head is None else head
+            model = model.model
         if not isinstance(head, FastRMHead):
             raise TypeError(
                 f"`head` must be a FastRMHead, got {type(head).__name__}; load one with FastRMHead.from_pretrained."
@@ -67,9 +102,16 @@ class FastRMLogitsProcessor(LogitsProcessor):
         self.model = model
         self.head = head
         self.special_token_ids = self._special_ids(model, special_token_ids)
-        self._steps: list[torch.Tensor] = []
-        self._last_input_ids: torch.Tensor | None = None
-        self._tap = HiddenStateTap(model, self.adapter, on_prefill=self._on_prefill)
+        self._record: _CallRecord | None = None
+        # The hooks live on the model, which outlives the processor: they must not keep the processor alive, or the
+        # finalizer below would never run. The tap gets a function holding only a weak reference.
+        on_prefill = weakref.WeakMethod(self._on_prefill)
+
+        def image_keys(image_states: torch.Tensor) -> torch.Tensor | None:
+            method = on_prefill()
+            return method(image_states) if method is not None else None
+
+        self._tap = HiddenStateTap(model, self.adapter, on_prefill=image_keys)
         self._tap.attach()
         self._finalizer = weakref.finalize(self, self._tap.detach)
 
@@ -93,8 +135,7 @@ class FastRMLogitsProcessor(LogitsProcessor):
     # ------------------------------------------------------------------ per step
     @torch.no_grad()
     def _on_prefill(self, image_states: torch.Tensor) -> torch.Tensor:
-        self._steps = []
-        self._last_input_ids = None
+        """The head's keys of the image tokens, `(rows, image_tokens, hidden) -> (rows, image_tokens, k)`."""
         return self.head.image_keys(image_states)
 
     @torch.no_grad()
@@ -105,30 +146,59 @@ class FastRMLogitsProcessor(LogitsProcessor):
             input_ids (`torch.LongTensor` of shape `(batch * num_beams, sequence_length)`)
             scores (`torch.FloatTensor` of shape `(batch * num_beams, vocab_size)`)
         """
-        state = self._tap.take_last_state()
-        keys = self._tap.image_features
+        tap = self._tap
+        state = tap.take_last_state()
+        if tap.prefill_error is not None:
+            # the prefill's check failed; raised here so that calls not given the processor are never affected
+            raise tap.prefill_error
+        keys = tap.image_features
         if keys is None or keys.shape[0] != state.shape[0]:
             raise RuntimeError(
                 "The FastRM tap saw no prefill for this generate() call; was the model called with input_ids?"
             )
-        self._steps.append(self.head.relevance_from_keys(state, keys))
-        self._last_input_ids = input_ids
+        record = self._record
+        if record is None or record.image_keys is not keys:
+            # the first step of a call given this processor: a new result (calls not given it leave this one alone)
+            record = _CallRecord(
+                image_keys=keys,
+                layouts=tap.layouts,
+                image_token_mask=tap.image_token_mask,
+                prompt_ids=tap.prompt_ids,
+                beam_search=_inside_beam_search(),
+            )
+            self._record = record
+        record.steps.append(self.head.relevance_from_keys(state, keys))
+        record.last_input_ids = input_ids
         return scores
 
     # ------------------------------------------------------------------ results
     @property
     def result(self) -> FastRMResult:
-        """Relevancy and confidence of the last `generate()` call (greedy or sampling).
+        """Relevancy and confidence of the last `generate()` call given this processor (greedy or sampling).
 
         A logits processor never sees the last chosen token, so the per-sequence confidence counts it even when it
-        is a special token; [`FastRMLogitsProcessor.result_for`] with the call's output is exact, and required for
-        beam search.
+        is a special token; [`FastRMLogitsProcessor.result_for`] with the call's output is exact.
+
+        Under beam search the processor sees every running beam but not which ones `generate()` returns, so this
+        raises: use ``result_for(outputs)`` with ``return_dict_in_generate=True`` (its `beam_indices` pick the
+        returned beams), or ``FastRMWrapper.generate(..., return_relevancy=True)``.
         """
-        return self._build(sequences=None, beam_indices=None)
+        record = self._require_record()
+        if record.beam_search:
+            raise ValueError(
+                "The last generate() call given this FastRM processor ran beam search: the processor saw every running "
+                "beam, not the ones generate() returned. Use `fastrm.result_for(outputs)` with the outputs of "
+                "generate(..., return_dict_in_generate=True) (their `beam_indices` pick the returned beams), or "
+                "FastRMWrapper.generate(..., return_relevancy=True)."
+            )
+        return self._build(record, sequences=None, beam_indices=None)
 
     def result_for(self, outputs: Any, eos_token_id: int | list[int] | None = None) -> FastRMResult:
-        """The result for `outputs` of the last `generate()` call: its sequences (a tensor or a `GenerateOutput`)
-        fix the token masks, and its `beam_indices` make the maps follow the returned beams.
+        """The result for `outputs` of the last `generate()` call given this processor: its sequences (a tensor or a
+        `GenerateOutput`) fix the token masks, and its `beam_indices` make the maps follow the returned beams.
+
+        Outputs of any other call are refused (their prompts, batch size or tokens differ from what the processor
+        recorded): each call given the processor replaces its result, so read a call's result before the next one.
 
         Args:
             outputs: what that `generate()` call returned.
@@ -139,24 +209,67 @@ class FastRMLogitsProcessor(LogitsProcessor):
         sequences = getattr(outputs, "sequences", outputs)
         if isinstance(outputs, GenerateBeamDecoderOnlyOutput) and beam_indices is None:
             raise ValueError("Beam-search outputs without `beam_indices`: pass return_dict_in_generate=True.")
-        if not isinstance(sequences, torch.Tensor) or not isinstance(
-            outputs, (torch.Tensor, GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput)
+        if (
+            not isinstance(sequences, torch.Tensor)
+            or sequences.ndim != 2
+            or not isinstance(outputs, (torch.Tensor, GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput))
         ):
             raise TypeError(f"`outputs` must be generate()'s output, got {type(outputs).__name__}.")
-        return self._build(sequences=sequences, beam_indices=beam_indices, eos_token_id=eos_token_id)
+        record = self._require_record()
+        if record.beam_search and beam_indices is None:
+            raise ValueError(
+                "The last generate() call given this FastRM processor ran beam search: pass its full output, from "
+                "generate(..., return_dict_in_generate=True), whose `beam_indices` pick the returned beams; the "
+                "sequences alone do not say which running beam each came from."
+            )
+        self._check_same_call(record, sequences, beam_indices)
+        return self._build(record, sequences=sequences, beam_indices=beam_indices, eos_token_id=eos_token_id)
+
+    def _require_record(self) -> _CallRecord:
+        if self._record is None or not self._record.steps:
+            raise RuntimeError("No FastRM result yet: pass this processor to generate(logits_processor=[...]) first.")
+        return self._record
+
+    @staticmethod
+    def _check_same_call(record: _CallRecord, sequences: torch.Tensor, beam_indices: torch.Tensor | None) -> None:
+        """Refuses `sequences` that the recorded call did not produce (another call's outputs)."""
+        rows, prompt_length = record.prompt_ids.shape
+        other_call = (
+            "`outputs` do not come from the last generate() call this FastRM processor was given ({why}). Each call "
+            "given the processor replaces its result: read `result_for(outputs)` right after the call that made them."
+        )
+        device = record.prompt_ids.device
+        sequences = sequences.to(device)
+        if beam_indices is None:
+            if sequences.shape[0] != rows:
+                raise ValueError(other_call.format(why=f"they hold {sequences.shape[0]} sequences, that call {rows}"))
+            expected_prompts = record.prompt_ids
+        else:
+            source = beam_indices[:, 0].to(device).long()
+            if bool(((source < 0) | (source >= rows)).any()):
+                raise ValueError(other_call.format(why=f"their beam indices point outside that call's {rows} beams"))
+            expected_prompts = record.prompt_ids[source]
+        if sequences.shape[1] < prompt_length or not torch.equal(sequences[:, :prompt_length], expected_prompts):
+            raise ValueError(other_call.format(why="their prompts differ"))
+        if beam_indices is None:
+            new_tokens, steps = sequences.shape[1] - prompt_length, len(record.steps)
+            seen = record.last_input_ids.to(device)
+            if new_tokens != steps or not torch.equal(sequences[:, : seen.shape[1]], seen):
+                raise ValueError(
+                    other_call.format(why=f"their {new_tokens} new tokens differ from the {steps} that call generated")
+                )
 
     def _build(
         self,
+        record: _CallRecord,
         sequences: torch.Tensor | None,
         beam_indices: torch.Tensor | None,
         eos_token_id: int | list[int] | None = None,
     ) -> FastRMResult:
-        tap = self._tap
-        if not self._steps or tap.layouts is None or tap.prompt_length is None:
-            raise RuntimeError("No FastRM result yet: pass this processor to generate(logits_processor=[...]) first.")
-        per_row = torch.stack(self._steps, dim=1)  # (rows, steps, image_tokens)
-        image_mask = tap.image_token_mask.to(per_row.device)
-        layouts = tap.layouts
+        per_row = torch.stack(record.steps, dim=1)  # (rows, steps, image_tokens)
+        image_mask = record.image_token_mask.to(per_row.device)
+        layouts = record.layouts
+        prompt_length = record.prompt_length
         if beam_indices is not None:
             num_steps = min(beam_indices.shape[1], per_row.shape[1])
             beam_indices = beam_indices[:, :num_steps].to(per_row.device)
@@ -172,16 +285,18 @@ class FastRMLogitsProcessor(LogitsProcessor):
             generated = torch.ones(relevancy.shape[:2], dtype=torch.bool, device=relevancy.device)
         num_steps = relevancy.shape[1]
         if sequences is not None:
-            new_tokens = sequences[:, tap.prompt_length : tap.prompt_length + num_steps].to(relevancy.device)
+            new_tokens = sequences[:, prompt_length : prompt_length + num_steps].to(relevancy.device)
         else:
-            new_tokens = self._last_input_ids[:, tap.prompt_length :].to(relevancy.device)
+            new_tokens = record.last_input_ids[:, prompt_length:].to(relevancy.device)
         token_mask, counted = self._token_masks(new_tokens, generated, self._eos_ids(eos_token_id))
         relevancy = relevancy.masked_fill(~(token_mask.unsqueeze(-1) & image_mask.unsqueeze(1)), float("nan"))
         confidence = map_confidence(relevancy, image_mask.unsqueeze(1))
+        per_sequence = sequence_confidence(confidence, counted)
+        warn_if_only_special_tokens(counted)
         return FastRMResult(
             relevancy=relevancy,
             confidence=confidence,
-            sequence_confidence=sequence_confidence(confidence, counted),
+            sequence_confidence=per_sequence,
             token_mask=token_mask,
             image_token_mask=image_mask,
             image_layouts=layouts,
@@ -229,3 +344,30 @@ class FastRMLogitsProcessor(LogitsProcessor):
                 continue
             ids.extend(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
         return sorted(set(ids))
+
+
+def _inside_beam_search(max_depth: int = 16) -> bool:
+    """Whether the caller runs inside generate()'s beam-search loop (a logits processor is not told which loop)."""
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return False
+        if frame.f_code.co_name in _BEAM_SEARCH_LOOPS:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def warn_if_only_special_tokens(counted: torch.Tensor) -> None:
+    """Warns when a row's `sequence_confidence` is NaN because it generated no token that counts.
+
+    Args:
+        counted (`torch.BoolTensor` of shape `(batch, new_tokens)`): generated, non-special tokens.
+    """
+    empty = (~counted.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        logger.warning(
+            f"sequence_confidence is NaN for row(s) {empty}: every token they generated is a special token (for "
+            "example the answer is only the end-of-sequence token), and special tokens are left out of the mean. "
+            "Their per-token `confidence` is still there; a longer or better prompt gives an answer to explain."
+        )

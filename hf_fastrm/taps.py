@@ -70,6 +70,12 @@ class HiddenStateTap:
         self._prompt_ids: torch.Tensor | None = None
         self._gather_index: torch.Tensor | None = None
         self._pending_prefill = False
+        self.prefill_error: ValueError | None = None
+
+    @property
+    def prompt_ids(self) -> torch.Tensor | None:
+        """`(batch, prompt_length)`: the last prefill's `input_ids` (expanded for beams / return sequences)."""
+        return self._prompt_ids
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -150,6 +156,16 @@ class HiddenStateTap:
 
     # ------------------------------------------------------------------ hooks
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        try:
+            self._read_prefill(args, kwargs)
+        except ValueError as error:
+            # Kept for the processor's first step to raise: a call on this model that was not given the processor
+            # (the hooks are still attached) must run as if they were not there.
+            self.reset()
+            self._encoder_kwargs = {}
+            self.prefill_error = error
+
+    def _read_prefill(self, args: tuple, kwargs: dict[str, Any]) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             if kwargs.get("inputs_embeds") is not None and self.layouts is None:
@@ -163,6 +179,16 @@ class HiddenStateTap:
         # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
         kwargs = {**self._encoder_kwargs, **kwargs}
         self._encoder_kwargs = {}
+        missing = [
+            name for name in self.adapter.required_inputs(self.model.config, input_ids) if kwargs.get(name) is None
+        ]
+        if missing:
+            raise ValueError(
+                f"The prompt holds image or video tokens but generate() got no {', '.join(f'`{m}`' for m in missing)}: "
+                "the model would read placeholder embeddings instead of the image, and FastRM would explain those. "
+                "Pass everything the model's processor returned, e.g. `model.generate(**processor(images=image, "
+                "text=prompt, return_tensors='pt'), ...)`."
+            )
         layouts = self.adapter.image_layout(self.model.config, input_ids, kwargs)
         for row, layout in enumerate(layouts):
             if layout.num_image_tokens == 0:

@@ -75,6 +75,30 @@ class ArchitectureAdapter:
             raise ValueError(f"{type(config).__name__} has no `image_token_id`.")
         return int(token_id)
 
+    image_inputs: tuple[str, ...] = ("pixel_values",)
+    """Processor outputs that image tokens in a prompt need (Qwen-VL adds ``image_grid_thw``)."""
+
+    video_inputs: tuple[str, ...] = ("pixel_values_videos",)
+    """Processor outputs that video tokens in a prompt need."""
+
+    def required_inputs(self, config: Any, input_ids: torch.Tensor) -> tuple[str, ...]:
+        """The processor outputs the prompt's image and video tokens need (checked before each prefill).
+
+        Args:
+            config: the model's `PretrainedConfig`.
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): the prompt.
+        """
+        needed: list[str] = []
+        for names, inputs in (
+            (("image_token_id", "image_token_index"), self.image_inputs),
+            (("video_token_id", "video_token_index"), self.video_inputs),
+        ):
+            token_ids = [getattr(config, name, None) for name in names]
+            token_ids = [int(token_id) for token_id in token_ids if isinstance(token_id, int)]
+            if token_ids and bool(torch.isin(input_ids, torch.as_tensor(token_ids, device=input_ids.device)).any()):
+                needed.extend(name for name in inputs if name not in needed)
+        return tuple(needed)
+
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
         """Per batch row, the image tokens' positions and each image's patch grid.
 

@@ -21,6 +21,8 @@ class Qwen2VLAdapter(ArchitectureAdapter):
 
     family = "Qwen2-VL, Qwen2.5-VL, Qwen3-VL"
     model_types = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+    image_inputs = ("pixel_values", "image_grid_thw")
+    video_inputs = ("pixel_values_videos", "video_grid_thw")
     grid_description = (
         "one (h/merge, w/merge) grid per image from `image_grid_thw` (merged patches, row-major); one "
         "(t, h/merge, w/merge) grid per video from `video_grid_thw`"
