@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -58,17 +60,40 @@ class FastRMConfig:
     fastrm_version: str | None = field(default=None, metadata={"help": "hf_fastrm version that wrote the config."})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.hidden_size, int) or self.hidden_size <= 0:
-            raise ValueError(f"`hidden_size` must be a positive integer, got {self.hidden_size!r}.")
-        if not isinstance(self.head_dim, int) or self.head_dim <= 0:
-            raise ValueError(f"`head_dim` must be a positive integer, got {self.head_dim!r}.")
-        if not 0.0 <= float(self.label_threshold) <= 1.0:
-            raise ValueError(f"`label_threshold` must lie in [0, 1], got {self.label_threshold!r}.")
+        _check_int("hidden_size", self.hidden_size, minimum=1)
+        _check_int("head_dim", self.head_dim, minimum=1)
+        _check_float("layer_norm_eps", self.layer_norm_eps)
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"`layer_norm_eps` must be a positive number, got {self.layer_norm_eps!r}.")
+        for name in ("base_model_name_or_path", "base_model_revision", "model_type", "fastrm_version"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"`{name}` must be a string or null, got {type(value).__name__} {value!r}.")
+        _check_int("feature_layer", self.feature_layer)
         if self.feature_layer != -1:
             raise ValueError(
                 f"`feature_layer={self.feature_layer}` is not supported: FastRM heads read the final norm's output "
                 "(feature_layer=-1)."
             )
+        _check_float("label_threshold", self.label_threshold)
+        if not 0.0 <= self.label_threshold <= 1.0:
+            raise ValueError(f"`label_threshold` must lie in [0, 1], got {self.label_threshold!r}.")
+        if not isinstance(self.metrics, dict):
+            raise ValueError(
+                f"`metrics` must be a mapping of metric names to numbers (for example {{'f1': 0.91}}), got "
+                f"{type(self.metrics).__name__} {self.metrics!r}."
+            )
+        for key, value in self.metrics.items():
+            if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ValueError(f"`metrics` must map names to numbers, got {key!r}: {value!r}.")
+        # plain Python numbers (numpy scalars pass the checks but not json.dumps)
+        self.hidden_size, self.head_dim, self.feature_layer = (
+            int(self.hidden_size),
+            int(self.head_dim),
+            int(self.feature_layer),
+        )
+        self.layer_norm_eps, self.label_threshold = float(self.layer_norm_eps), float(self.label_threshold)
+        self.metrics = {key: value if isinstance(value, int) else float(value) for key, value in self.metrics.items()}
         if self.fastrm_version is None:
             from . import __version__
 
@@ -118,3 +143,18 @@ class FastRMConfig:
             raise ValueError(
                 f"The FastRM config file {os.fspath(path)!r} is missing a required key: {error}"
             ) from error
+        except ValueError as error:
+            raise ValueError(f"The FastRM config file {os.fspath(path)!r} has an invalid field: {error}") from error
+
+
+def _check_int(name: str, value: Any, minimum: int | None = None) -> None:
+    # bool is a subclass of int, but `head_dim: true` is a mistake, not 1
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"`{name}` must be an integer, got {type(value).__name__} {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be an integer of at least {minimum}, got {value!r}.")
+
+
+def _check_float(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {type(value).__name__} {value!r}.")
