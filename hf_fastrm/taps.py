@@ -120,12 +120,18 @@ class HiddenStateTap:
                 if original is None or not callable(original):
                     continue
                 had_own = name in owner.__dict__
-                wrapper = self._recording(original)
+                wrapper = self._recording(original, self._encoder_inputs(name))
                 owner.__dict__[name] = wrapper
                 self._wrapped_encoders.append((owner, name, wrapper, had_own))
 
-    def _recording(self, original: Callable) -> Callable:
+    def _encoder_inputs(self, method_name: str) -> tuple[str, ...]:
+        """The processor outputs an encoder call needs: the adapter's image (or video) inputs."""
+        return tuple(self.adapter.video_inputs if "video" in method_name else self.adapter.image_inputs)
+
+    def _recording(self, original: Callable, needed: tuple[str, ...] = ()) -> Callable:
         signature = inspect.signature(original)
+        # companions of the pixels the encoder takes (Qwen's `image_grid_thw`): without them it fails on a None
+        companions = [name for name in needed[1:] if name in signature.parameters]
 
         @functools.wraps(original)
         def recording(*args: Any, **kwargs: Any) -> Any:
@@ -135,6 +141,13 @@ class HiddenStateTap:
                     arguments = signature.bind_partial(*args, **kwargs).arguments
                 except TypeError:
                     arguments = dict(kwargs)
+                missing = [name for name in companions if arguments.get(name) is None]
+                if missing and arguments.get(needed[0]) is not None:
+                    raise ValueError(
+                        f"generate() got `{needed[0]}` but no {', '.join(f'`{m}`' for m in missing)}, which the "
+                        "model needs to read them. Pass everything the model's processor returned, e.g. "
+                        "`model.generate(**processor(images=image, text=prompt, return_tensors='pt'), ...)`."
+                    )
                 extra = arguments.pop("kwargs", None)
                 self._encoder_kwargs.update(arguments)
                 if isinstance(extra, dict):
@@ -179,9 +192,12 @@ class HiddenStateTap:
         # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
         kwargs = {**self._encoder_kwargs, **kwargs}
         self._encoder_kwargs = {}
-        missing = [
-            name for name in self.adapter.required_inputs(self.model.config, input_ids) if kwargs.get(name) is None
-        ]
+        required = self.adapter.required_inputs(self.model.config, input_ids)
+        missing = [name for name in required if kwargs.get(name) is None]
+        pixels = {self.adapter.image_inputs[0], self.adapter.video_inputs[0]}
+        if any(name in pixels for name in missing):
+            # without the pixels the encoder never ran, so its companions (grids) were not recorded either
+            missing = [name for name in missing if name in pixels]
         if missing:
             raise ValueError(
                 f"The prompt holds image or video tokens but generate() got no {', '.join(f'`{m}`' for m in missing)}: "
