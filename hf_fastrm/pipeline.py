@@ -120,9 +120,7 @@ class FastRMImageTextToTextPipeline(ImageTextToTextPipeline):
             "prompt_text": prompt_text,
             "input_ids": input_ids,
             **{key: per_input(getattr(outputs, key)) for key in _FASTRM_KEYS},
-            "image_layouts": [
-                _RowLayouts(layouts[row * candidates : (row + 1) * candidates]) for row in range(batch)
-            ],
+            "image_layouts": [_RowLayouts(layouts[row * candidates : (row + 1) * candidates]) for row in range(batch)],
         }
 
     def postprocess(self, model_outputs: dict[str, Any], **postprocess_kwargs: Any) -> list[dict[str, Any]]:

@@ -77,7 +77,7 @@ def test_beam_search_result_is_refused_and_result_for_follows_the_returned_beams
     with FastRMLogitsProcessor(llava64, head64) as fastrm:
         out = llava64.generate(**inputs, **beams, logits_processor=[fastrm], return_dict_in_generate=True)
         with pytest.raises(ValueError, match="beam search.*result_for\\(outputs\\)"):
-            fastrm.result
+            _ = fastrm.result
         with pytest.raises(ValueError, match="beam search.*beam_indices"):
             fastrm.result_for(out.sequences)
         result = fastrm.result_for(out)
