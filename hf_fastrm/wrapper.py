@@ -98,7 +98,8 @@ class FastRMWrapper(nn.Module):
                 `AutoModelForImageTextToText.from_pretrained(..., **from_pretrained_kwargs)`, or a loaded model.
             head (`str` or [`FastRMHead`], *optional*): a head folder or Hub repo id, or a loaded head. When omitted
                 and `pretrained_model_name_or_path` is a local folder written by [`FastRMWrapper.save_pretrained`],
-                the head in its ``fastrm_head/`` sub-folder is loaded.
+                the head in its ``fastrm_head/`` sub-folder is loaded (its base model name is not checked against
+                the folder's: they were saved together; hidden size and model type still are).
             head_kwargs (`dict`, *optional*): passed to [`FastRMHead.from_pretrained`] (revision, subfolder,
                 cache_dir, token, local_files_only, ...); `cache_dir`, `token` and `local_files_only` of
                 `from_pretrained_kwargs` are used for the head too unless given here.
@@ -117,7 +118,8 @@ class FastRMWrapper(nn.Module):
             )
             saved_head = os.path.join(os.fspath(pretrained_model_name_or_path), HEAD_SUBFOLDER)
             if head is None and os.path.isfile(os.path.join(saved_head, CONFIG_NAME)):
-                head = saved_head
+                # saved together with this model: its base model is this folder, whatever name the head recorded
+                head, check_base_model = saved_head, False
         if head is not None and not isinstance(head, FastRMHead):
             kwargs = {
                 k: from_pretrained_kwargs[k]

@@ -85,12 +85,13 @@ def test_half_precision_wrapper_generates_with_relevancy(wrapper):
 def test_save_pretrained_writes_model_and_head_and_from_pretrained_reads_both(tmp_path, wrapper):
     from transformers import AutoModelForImageTextToText
 
+    wrapper.head.config.base_model_name_or_path = "org/original-model"  # the saved copy has another name
     wrapper.save_pretrained(tmp_path / "saved")
     assert (tmp_path / "saved" / "config.json").exists() and (tmp_path / "saved" / "model.safetensors").exists()
     assert (tmp_path / "saved" / "fastrm_head" / "fastrm_head.safetensors").exists()
     base = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved")  # a plain transformers folder
     assert torch.equal(base.lm_head.weight, wrapper.model.lm_head.weight)
-    loaded = FastRMWrapper.from_pretrained(str(tmp_path / "saved"), check_base_model=False)
+    loaded = FastRMWrapper.from_pretrained(str(tmp_path / "saved"))  # saved together: the name is not checked
     assert isinstance(loaded.head, FastRMHead)
     assert torch.equal(loaded.head.key.weight, wrapper.head.key.weight)  # safetensors: bit for bit
     inputs = tiny_llava_inputs(wrapper.model)
