@@ -85,8 +85,10 @@ def test_half_precision_wrapper_generates_with_relevancy(wrapper):
 def test_save_pretrained_writes_model_and_head_and_from_pretrained_reads_both(tmp_path, wrapper):
     from transformers import AutoModelForImageTextToText
 
+    original_name = wrapper.head.config.base_model_name_or_path
     wrapper.head.config.base_model_name_or_path = "org/original-model"  # the saved copy has another name
     wrapper.save_pretrained(tmp_path / "saved")
+    wrapper.head.config.base_model_name_or_path = original_name
     assert (tmp_path / "saved" / "config.json").exists() and (tmp_path / "saved" / "model.safetensors").exists()
     assert (tmp_path / "saved" / "fastrm_head" / "fastrm_head.safetensors").exists()
     base = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved")  # a plain transformers folder
