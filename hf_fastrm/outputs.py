@@ -21,7 +21,8 @@ class RelevancyMixin:
         confidence (`torch.FloatTensor` of shape `(batch, new_tokens)`): 1 - normalised entropy of each map; NaN
             where `token_mask` is False.
         sequence_confidence (`torch.FloatTensor` of shape `(batch,)`): mean confidence over the generated,
-            non-special tokens of each row.
+            non-special tokens of each row; NaN for a row whose generated tokens are all special (for example an
+            answer that is only the end-of-sequence token), which is logged as a warning.
         token_mask (`torch.BoolTensor` of shape `(batch, new_tokens)`): True for tokens that were generated (up to
             and including the row's end-of-sequence token).
         image_token_mask (`torch.BoolTensor` of shape `(batch, image_tokens)`): True for real image tokens.
