@@ -14,7 +14,7 @@ from .architectures import get_adapter
 from .constants import CONFIG_NAME, HEAD_SUBFOLDER
 from .head import FastRMHead
 from .outputs import attach_result
-from .processor import FastRMLogitsProcessor
+from .processor import FastRMLogitsProcessor, warn_if_only_special_tokens
 
 logger = logging.get_logger(__name__)
 
@@ -262,6 +262,8 @@ class FastRMWrapper(nn.Module):
         if args:
             inputs.setdefault("input_ids", args[0])
         result = gradient_relevancy_for_outputs(self.model, outputs, inputs)
+        # rows with no generated, non-special token: the same warning as the head's maps give
+        warn_if_only_special_tokens(~torch.isnan(result.sequence_confidence).unsqueeze(1))
         return attach_result(outputs, result)
 
 

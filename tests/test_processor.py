@@ -110,6 +110,12 @@ def test_answer_of_special_tokens_only_warns_why_sequence_confidence_is_nan(llav
     assert "sequence_confidence is NaN for row(s) [0, 1]" in captured.out
     assert "special token" in captured.out
     with CaptureLogger(logger) as captured:
+        teacher = FastRMWrapper(llava, head).generate(
+            **inputs, **GREEDY, logits_processor=[OnlyEOS()], return_relevancy="gradient"
+        )
+    assert torch.isnan(teacher.sequence_confidence).all()
+    assert "sequence_confidence is NaN for row(s) [0, 1]" in captured.out
+    with CaptureLogger(logger) as captured:
         FastRMWrapper(llava, head).generate(**inputs, **GREEDY, return_relevancy=True)
     assert "sequence_confidence is NaN" not in captured.out
 
