@@ -146,6 +146,7 @@ class FastRMWrapper(nn.Module):
         if (
             name in self._OWN_ATTRIBUTES
             or name.startswith("_")
+            or hasattr(type(self), name)  # methods and class attributes (`forward` patched by accelerate, ...)
             or "_modules" not in self.__dict__
             or "model" not in self._modules
             or name in self.__dict__
@@ -257,10 +258,20 @@ class FastRMWrapper(nn.Module):
     def _generate_with_teacher(self, *args: Any, **kwargs: Any) -> Any:
         from .teacher import gradient_relevancy_for_outputs
 
-        outputs = self.model.generate(*args, **kwargs)
         inputs = dict(kwargs)
         if args:
             inputs.setdefault("input_ids", args[0])
+        input_ids = inputs.get("input_ids")
+        if isinstance(input_ids, torch.Tensor):
+            required = self.adapter.required_inputs(self.model.config, input_ids)
+            missing = [name for name in required if inputs.get(name) is None]
+            if missing:  # refused before generating: the teacher would explain placeholder embeddings
+                raise ValueError(
+                    f"The prompt holds image or video tokens but generate() got no "
+                    f"{', '.join(f'`{name}`' for name in missing)}. Pass everything the model's processor returned, "
+                    "e.g. `model.generate(**processor(images=image, text=prompt, return_tensors='pt'), ...)`."
+                )
+        outputs = self.model.generate(*args, **kwargs)
         result = gradient_relevancy_for_outputs(self.model, outputs, inputs)
         # rows with no generated, non-special token: the same warning as the head's maps give
         warn_if_only_special_tokens(~torch.isnan(result.sequence_confidence).unsqueeze(1))

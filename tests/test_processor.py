@@ -127,8 +127,9 @@ def test_missing_pixel_values_is_refused_naming_them(llava, head):
     with pytest.raises(ValueError, match="no `pixel_values`"), FastRMLogitsProcessor(llava, head) as fastrm:
         llava.generate(**prompt, **GREEDY, logits_processor=[fastrm])
     assert fastrm.__dict__.get("_record") is None  # no map over placeholder embeddings was made
-    with pytest.raises(ValueError, match="no `pixel_values`"):
-        FastRMWrapper(llava, head).generate(**prompt, **GREEDY, return_relevancy=True)
+    for method in (True, "gradient"):
+        with pytest.raises(ValueError, match="no `pixel_values`"):
+            FastRMWrapper(llava, head).generate(**prompt, **GREEDY, return_relevancy=method)
     assert hook_snapshot(llava) == hooks_before
 
 

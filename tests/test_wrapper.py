@@ -70,6 +70,17 @@ def test_attribute_assignment_reaches_the_base_model(wrapper):
     assert wrapper.generate(**inputs, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3
     wrapper.head = None
     assert "head" not in dict(wrapper.named_children()) and wrapper.head is None
+    # methods are the wrapper's own: replacing `forward` (as accelerate's hooks do) must not reach the base model
+    wrapper.forward = lambda *args, **kwargs: "patched"
+    assert wrapper(**inputs) == "patched" and wrapper.model.forward is not wrapper.forward
+
+
+def test_deepcopy_gives_an_independent_wrapper(wrapper):
+    twin = copy.deepcopy(wrapper)
+    assert isinstance(twin, FastRMWrapper) and twin.model is not wrapper.model and twin.head is not wrapper.head
+    assert torch.equal(twin.head.key.weight, wrapper.head.key.weight)
+    inputs = tiny_llava_inputs(wrapper.model)
+    assert torch.equal(twin.generate(**inputs, **GREEDY), wrapper.generate(**inputs, **GREEDY))
 
 
 def test_half_precision_wrapper_generates_with_relevancy(wrapper):
