@@ -73,8 +73,10 @@ class FastRMImageTextToTextPipeline(ImageTextToTextPipeline):
         check_base_model: bool = True,
         **kwargs: Any,
     ) -> None:
-        model = kwargs.pop("model") if "model" in kwargs else args[0]
-        args = args[1:] if "model" not in kwargs and args and args[0] is model else args
+        if "model" in kwargs:
+            model = kwargs.pop("model")
+        else:
+            model, args = args[0], args[1:]
         if isinstance(model, FastRMWrapper):
             if head is not None:
                 model = FastRMWrapper(model.model, _load_head(head), check_base_model=check_base_model)
@@ -144,7 +146,8 @@ class FastRMImageTextToTextPipeline(ImageTextToTextPipeline):
                 image_layouts=[layouts[row]],
             )
             token_ids = sequences[row, prompt_length : prompt_length + num_tokens].tolist()
-            record["generated_tokens"] = self.processor.tokenizer.convert_ids_to_tokens(token_ids)
+            tokenizer = self.tokenizer if self.tokenizer is not None else self.processor.tokenizer
+            record["generated_tokens"] = tokenizer.convert_ids_to_tokens(token_ids)
             record["relevancy"] = result.relevancy[0][:, image_mask]
             record["relevancy_maps"] = result.relevancy_maps(0)
             record["confidence"] = result.confidence[0]

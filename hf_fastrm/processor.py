@@ -186,8 +186,8 @@ class FastRMLogitsProcessor(LogitsProcessor):
         record = self._require_record()
         if record.beam_search:
             raise ValueError(
-                "The last generate() call given this FastRM processor ran beam search: the processor saw every running "
-                "beam, not the ones generate() returned. Use `fastrm.result_for(outputs)` with the outputs of "
+                "The last generate() call given this FastRM processor ran beam search: the processor saw every "
+                "running beam, not the ones generate() returned. Use `fastrm.result_for(outputs)` with the outputs of "
                 "generate(..., return_dict_in_generate=True) (their `beam_indices` pick the returned beams), or "
                 "FastRMWrapper.generate(..., return_relevancy=True)."
             )

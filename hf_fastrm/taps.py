@@ -200,7 +200,8 @@ class HiddenStateTap:
             missing = [name for name in missing if name in pixels]
         if missing:
             raise ValueError(
-                f"The prompt holds image or video tokens but generate() got no {', '.join(f'`{m}`' for m in missing)}: "
+                "The prompt holds image or video tokens but generate() got no "
+                f"{', '.join(f'`{name}`' for name in missing)}: "
                 "the model would read placeholder embeddings instead of the image, and FastRM would explain those. "
                 "Pass everything the model's processor returned, e.g. `model.generate(**processor(images=image, "
                 "text=prompt, return_tensors='pt'), ...)`."

@@ -34,9 +34,10 @@ class FastRMWrapper(nn.Module):
 
     `.eval()`, `.train()`, `.to()`, `.cpu()`, `.cuda()`, `.float()`, `.half()`, `.bfloat16()`, `.double()` and
     `.requires_grad_()` act on the base model and the head (the head follows the model to its final norm's device,
-    and to the dtype a call names; at construction it keeps its own dtype) and return the wrapper, so ``model = FastRMWrapper(base, head).eval()`` keeps FastRM. Attributes assigned on the wrapper go
-    to the base model (``wrapper.generation_config = ...`` changes what `generate` uses), except the wrapper's own
-    (`model`, `head`, `adapter`, `check_base_model` and `nn.Module` internals).
+    and to the dtype a call names; at construction it keeps its own dtype) and return the wrapper, so
+    ``model = FastRMWrapper(base, head).eval()`` keeps FastRM. Attributes assigned on the wrapper go to the base model
+    (``wrapper.generation_config = ...`` changes what `generate` uses), except the wrapper's own (`model`, `head`,
+    `adapter`, `check_base_model`, its methods and `nn.Module` internals).
 
     `state_dict()` is that of an `nn.Module` with two children: the base model's keys under ``model.`` and the head's
     under ``head.``, so `load_state_dict` round-trips between wrappers. `save_pretrained` writes the base model's
