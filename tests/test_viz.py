@@ -500,7 +500,7 @@ def test_cli_gradient_maps_without_a_head(saved_model, tmp_path, capsys):
         (["--image", "{image}", "--prompt", "x", "--model", "{model}"], "--model needs --head"),
         (
             ["--image", "{image}", "--prompt", "x", "--model", "{model}", "--head", "{model}"],
-            "Could not load the FastRM head",
+            "is a folder without fastrm_config.json",
         ),
         (["--image", "{model}/config.json", "--prompt", "x"], "not an image"),
         (["--max-new-tokens", "0"], "at least 1"),
