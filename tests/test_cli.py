@@ -179,6 +179,7 @@ BAD_INPUTS = [
     (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     (["--alpha", "1.5"], "--alpha must be in [0, 1]"),
     (["--colormap", "rainbow"], "--colormap 'rainbow' is unknown"),
+    (["--device", "toaster"], "--device 'toaster' is not a device name"),
 ]
 
 
@@ -201,6 +202,16 @@ def test_explain_refuses_bad_input_before_loading(argv, message, saved, tmp_path
     assert message.format(dir=tmp_path) in lines[0]
     assert "Repo id must" not in lines[0] and "Traceback" not in printed.err
     assert _files_under(tmp_path) == before  # nothing written, no output folder made
+
+
+def test_explain_refuses_a_gpu_it_does_not_have(no_model_loads, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert cli_main(["explain", "--device", "cuda", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "sees no CUDA GPU; use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root may write anywhere")
