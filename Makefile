@@ -19,10 +19,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 explain: $(VENV)/.installed
 	$(VENV)/bin/hf-fastrm explain
 
-# The browser tests need Debian's Chromium: tests/browser/setup.sh installs it when it can (root), else they skip.
+# The browser tests (tests/test_report_browser.py) open the HTML report in a headless Chromium. tests/browser/setup.sh
+# says so and installs Debian's `chromium` with apt-get when it can (root or password-less sudo, network); otherwise it
+# prints one line and those tests are skipped (-rs prints the reason). HF_FASTRM_SKIP_BROWSER_SETUP=1 installs nothing.
 test: $(VENV)/.installed
 	-@tests/browser/setup.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

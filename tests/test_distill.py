@@ -300,7 +300,9 @@ def test_distill_killed_by_a_signal_resumes(workdir, model_dir, image_folder, re
     process.wait()
     assert len(ids_per_shard(output)) < 3, "the run finished before it could be killed"
     subprocess.run(argv, env=env, check=True, capture_output=True)
-    assert_same_examples(output, reference_shards)
+    # Another process computed these states and maps: its thread pool may round differently from the in-process
+    # reference (float32), so compare with a tolerance far below the values' scale, as for the launched run.
+    assert_same_examples(output, reference_shards, atol=1e-5)
     assert no_leftovers(output)
 
 

@@ -221,7 +221,9 @@ def test_processor_round_trip_and_image_token_count(processor, tmp_path):
     loaded = LlavaProcessor.from_pretrained(tmp_path)
     after = loaded(images=scene.image, text=prompt, return_tensors="pt")
     assert torch.equal(before["input_ids"], after["input_ids"])
-    assert torch.equal(before["pixel_values"], after["pixel_values"])
+    # Same pixels up to float32 rounding: the reloaded processor recomputes them (transformers may pick another image
+    # processor backend on load, which rounds differently on some CPUs); 1e-6 is far below one 8-bit grey level.
+    torch.testing.assert_close(after["pixel_values"], before["pixel_values"], rtol=0, atol=1e-6)
 
     config = modeling.build_config()
     image_id = config.image_token_index

@@ -8,6 +8,7 @@ and FastRM head shipped inside the package, and writes a PNG overlay per answer 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -106,16 +107,140 @@ def _resolve_dtype(name: str, device):
     return getattr(torch, name)
 
 
+# Python argument names that library errors mention, and the flags a command-line user sets instead.
+_CLI_TERMS = (
+    ("`check_base_model=False`", "--no-check-base-model"),
+    ("check_base_model=False", "--no-check-base-model"),
+    ("`max_new_tokens`", "--max-new-tokens"),
+)
+
+
+def _in_cli_terms(message: str) -> str:
+    """A library error message with the Python argument names it mentions replaced by this command's flags."""
+    for python_name, flag in _CLI_TERMS:
+        message = message.replace(python_name, flag)
+    return message
+
+
+def _check_output_dir(path: str) -> None:
+    """Refuses an --output-dir that is a file or cannot be created or written into; creates nothing."""
+    flag = f"--output-dir {path!r}"
+    if not path.strip():
+        raise CommandError("--output-dir is empty; give a folder (it is created if needed).")
+    target = os.path.normpath(path)
+    if os.path.exists(target):
+        if not os.path.isdir(target):
+            raise CommandError(f"{flag} is a file, not a folder; give a folder (it is created if needed).")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise CommandError(f"{flag}: no permission to write into this folder; give another --output-dir.")
+        return
+    ancestor = target
+    while True:  # the nearest part of the path that exists: it must be a folder we may create things in
+        ancestor = os.path.dirname(ancestor)
+        if not ancestor or os.path.exists(ancestor) or os.path.dirname(ancestor) == ancestor:
+            break
+    ancestor = ancestor or "."
+    if not os.path.isdir(ancestor):
+        raise CommandError(
+            f"{flag} cannot be created: {ancestor!r} is a file, not a folder. Give another --output-dir."
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CommandError(f"{flag} cannot be created: no permission to write into {ancestor!r}.")
+
+
+def _check_image_path(path: str) -> None:
+    if os.path.isdir(path):
+        raise CommandError(f"--image {path!r} is a folder; give an image file (PNG, JPEG, ...).")
+    if not os.path.exists(path):
+        raise CommandError(f"--image {path!r}: no such file.")
+    if not os.path.isfile(path):
+        raise CommandError(f"--image {path!r} is not a regular file; give an image file (PNG, JPEG, ...).")
+    if not os.access(path, os.R_OK):
+        raise CommandError(f"--image {path!r} cannot be read (no permission).")
+
+
+def _check_pretrained(flag: str, name_or_path: str, config_name: str, what: str) -> None:
+    """Refuses a --model/--head that is neither an existing local folder holding `config_name` nor a valid Hub repo
+    id, so a mistyped local path is not sent to the Hub (whose answer, "Repo id must be in the form ...", misleads)."""
+    shown = f"{flag} {name_or_path!r}"
+    if os.path.isdir(name_or_path):
+        if not os.path.isfile(os.path.join(name_or_path, config_name)):
+            raise CommandError(f"{shown} is a folder without {config_name}: not a saved {what}.")
+        return
+    if os.path.exists(name_or_path):
+        raise CommandError(f"{shown} is a file; give the {what}'s folder or a Hub repo id.")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    looks_local = name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path  # a Hub id never starts so
+    try:
+        validate_repo_id(name_or_path)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise CommandError(
+            f"{shown}: no such folder. Give an existing folder or a Hub repo id ('name' or 'namespace/name', "
+            f"e.g. {'llava-hf/llava-1.5-7b-hf' if flag == '--model' else 'org/fastrm-llava-1.5-7b'})."
+        )
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Every check that needs no model: run before anything is loaded or written."""
+    if args.max_new_tokens < 1:
+        raise CommandError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}.")
+    if args.prompt is not None and not args.prompt.strip():
+        raise CommandError("--prompt is empty; give the question to ask about the image.")
+    if args.image and not args.prompt:
+        raise CommandError("--image needs --prompt (the question to ask about it).")
+    if args.image and (args.kind or args.absent):
+        raise CommandError(
+            "--kind and --absent choose a question about the synthetic scene; with --image, ask with --prompt."
+        )
+    if args.model and not args.head and not args.teacher:
+        raise CommandError(
+            "--model needs --head (a FastRM head folder or Hub id trained for that model), or --teacher to show "
+            "gradient relevancy maps alone."
+        )
+    _check_output_dir(args.output_dir)
+    if args.image:
+        _check_image_path(args.image)
+    from ..constants import CONFIG_NAME
+
+    if args.model:
+        _check_pretrained("--model", args.model, "config.json", "model")
+    if args.head:
+        _check_pretrained("--head", args.head, CONFIG_NAME, "FastRM head")
+
+
 def _load_image(path: str):
     from PIL import Image, UnidentifiedImageError
 
-    if not os.path.isfile(path):
-        raise CommandError(f"--image {path!r}: no such file.")
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
         raise CommandError(f"--image {path!r} is not an image PIL can read ({error}).") from error
+
+
+def _warn_unknown_words(processor: Any, prompt: str) -> None:
+    from ..viz.explain import unknown_words
+
+    unknown = unknown_words(processor, prompt)
+    if not unknown:
+        return
+    tokenizer = getattr(processor, "tokenizer", processor)
+    message = (
+        f"the model's tokenizer does not know {', '.join(repr(word) for word in unknown)}: "
+        f"{'it becomes' if len(unknown) == 1 else 'they become'} {tokenizer.unk_token!r}, which says nothing to "
+        "the model, so its answer does not answer that question."
+    )
+    vocabulary = getattr(tokenizer, "get_vocab", dict)()
+    if 0 < len(vocabulary) <= 100:  # a small word-level vocabulary (the shipped toy model's): list what it knows
+        special = set(getattr(tokenizer, "all_special_tokens", []))
+        known = sorted(word for word in vocabulary if word not in special and word.isalpha())
+        message += f" It knows: {' '.join(known)}."
+    print(f"hf-fastrm explain: warning: {message}", file=sys.stderr)
 
 
 def _load_head(name_or_path: str, device):
@@ -168,16 +293,39 @@ def _load_toy(args: argparse.Namespace, device) -> tuple[Any, Any, Any, str, str
     return model, processor, head, toy.DEFAULT_MODEL_DIR, head_dir if head is not None else None
 
 
-def _load_model(args: argparse.Namespace, device, dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def _load_model(args: argparse.Namespace, device, dtype, prompt: str) -> tuple[Any, Any, Any]:
+    """The processor, then the config (and the head, checked against it), and only then the weights."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from ..architectures import supported_model_types
 
     kwargs = {"revision": args.revision} if args.revision else {}
     try:
         processor = AutoProcessor.from_pretrained(args.model, **kwargs)
+        config = AutoConfig.from_pretrained(args.model, **kwargs)
+    except (OSError, ValueError) as error:
+        raise CommandError(f"Could not load the model {args.model!r}: {error}") from error
+    _warn_unknown_words(processor, prompt)
+    _check_model_type(config.model_type, supported_model_types())
+    head = _load_head(args.head, device) if args.head else None
+    if head is not None:
+        try:
+            head.check_compatible(config, check_base_model=not args.no_check_base_model)
+        except ValueError as error:
+            raise CommandError(_in_cli_terms(str(error))) from error
+    try:
         model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, **kwargs)
     except (OSError, ValueError) as error:
         raise CommandError(f"Could not load the model {args.model!r}: {error}") from error
-    return model.to(device).eval(), processor
+    return model.to(device).eval(), processor, head
+
+
+def _check_model_type(model_type: str | None, supported: list[str]) -> None:
+    if model_type not in supported:
+        raise CommandError(
+            f"Model type {model_type!r} is not supported; supported: {', '.join(supported)}. "
+            "Add one with hf_fastrm.register_architecture."
+        )
 
 
 SCENE_STREAM = "explain"
@@ -195,28 +343,19 @@ def scene_and_question(seed: int, kind: str | None = None, absent: bool = False)
 
 
 def _run(args: argparse.Namespace) -> int:
+    _check_arguments(args)  # before any heavy import, load or write
+    from ..viz.overlay import COLORMAPS
+
+    if args.colormap not in COLORMAPS:
+        raise CommandError(f"--colormap {args.colormap!r} is unknown; choose one of {', '.join(COLORMAPS)}.")
+    image = _load_image(args.image) if args.image else None
+    device = _resolve_device(args.device)
+    dtype = _resolve_dtype(args.dtype, device)
+
     from transformers.utils import logging as hf_logging
 
     from ..architectures import supported_model_types
     from ..viz import OverlayStyle, explain
-    from ..viz.overlay import COLORMAPS
-
-    if args.max_new_tokens < 1:
-        raise CommandError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}.")
-    if args.colormap not in COLORMAPS:
-        raise CommandError(f"--colormap {args.colormap!r} is unknown; choose one of {', '.join(COLORMAPS)}.")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise CommandError(f"--alpha must be in [0, 1], got {args.alpha}.")
-    if args.image and not args.prompt:
-        raise CommandError("--image needs --prompt (the question to ask about it).")
-    if args.model and not args.head and not args.teacher:
-        raise CommandError(
-            "--model needs --head (a FastRM head folder or Hub id trained for that model), or --teacher to show "
-            "gradient relevancy maps alone."
-        )
-    image = _load_image(args.image) if args.image else None
-    device = _resolve_device(args.device)
-    dtype = _resolve_dtype(args.dtype, device)
 
     metadata: dict[str, Any] = {}
     scene = question = None
@@ -234,19 +373,19 @@ def _run(args: argparse.Namespace) -> int:
         metadata.pop("expected_answer", None)
 
     if args.model:
-        model, processor = _load_model(args, device, dtype)
-        head = _load_head(args.head, device) if args.head else None
+        model, processor, head = _load_model(args, device, dtype, prompt)
         model_id, head_id = args.model, args.head
     else:
         model, processor, head, model_id, head_id = _load_toy(args, device)
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in supported_model_types():
-        raise CommandError(
-            f"Model type {model_type!r} is not supported; supported: {', '.join(supported_model_types())}. "
-            "Add one with hf_fastrm.register_architecture."
-        )
+        _warn_unknown_words(processor, prompt)
+    _check_model_type(getattr(model.config, "model_type", None), supported_model_types())
 
-    hf_logging.set_verbosity_error()  # keep the summary readable; errors still show
+    # Keep the summary readable (errors still show; the warnings that matter were printed above), and restore the
+    # levels afterwards: `main()` may run inside a longer Python program.
+    package_logger = logging.getLogger("hf_fastrm")
+    levels = hf_logging.get_verbosity(), package_logger.level
+    hf_logging.set_verbosity_error()
+    package_logger.setLevel(logging.ERROR)
     try:
         report = explain(
             model,
@@ -264,7 +403,10 @@ def _run(args: argparse.Namespace) -> int:
             check_base_model=not args.no_check_base_model,
         )
     except ValueError as error:  # e.g. a head made for another model
-        raise CommandError(str(error)) from error
+        raise CommandError(_in_cli_terms(str(error))) from error
+    finally:
+        hf_logging.set_verbosity(levels[0])
+        package_logger.setLevel(levels[1])
     _print_summary(report, model_id, head_id)
     return 0
 

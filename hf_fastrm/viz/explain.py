@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from typing import Any
 
 import torch
@@ -85,6 +87,86 @@ def model_view(image: Image.Image, image_processor: Any) -> Image.Image:
     return image.crop((round(left), round(top), round(left + view_width), round(top + view_height)))
 
 
+def unknown_words(tokenizer: Any, text: str) -> list[str]:
+    """The words of `text` that `tokenizer` does not know: those it turns into its unknown token (``<unk>``).
+
+    A model reads nothing from an unknown token (the shipped toy model knows only the words of its scenes'
+    questions), so an answer to a prompt holding some is no answer to the question asked. Words are returned once
+    each, in the order they appear; `[]` when the tokenizer has no unknown token (byte-level tokenizers know every
+    text).
+    """
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor: its tokenizer
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    if unk_id is None or not text.strip():
+        return []
+    found: list[str] = []
+    if getattr(tokenizer, "is_fast", False):
+        encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        for token_id, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
+            if token_id == unk_id and text[start:end] not in found:
+                found.append(text[start:end])
+        return found
+    for word in text.split():  # slow tokenizers give no offsets: word by word
+        if unk_id in tokenizer(word, add_special_tokens=False)["input_ids"] and word not in found:
+            found.append(word)
+    return found
+
+
+_OVERLAY_FILE = re.compile(r"^(teacher_)?token_\d+_.*\.png$")
+"""Names of the overlays `save_token_overlays` writes: the only files a new report may remove from its folder."""
+
+
+def _files_of_previous_report(output_dir: str | os.PathLike, json_name: str) -> list[str]:
+    """The overlay files that the report already in `output_dir` (if any) lists: written by this tool, so a new
+    report may remove those it does not replace. Anything else in the folder is never touched."""
+    from .report import JSON_FORMAT
+
+    path = os.path.join(output_dir, json_name)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict) or data.get("format") != JSON_FORMAT or not isinstance(data.get("files"), dict):
+        return []
+    folder = os.path.realpath(output_dir)
+    listed = []
+    for key in ("overlays", "teacher_overlays"):
+        rows = data["files"].get(key) or []
+        for name in (name for row in rows if isinstance(row, list) for name in row):
+            if not isinstance(name, str) or not _OVERLAY_FILE.match(os.path.basename(name)):
+                continue
+            file_path = os.path.realpath(os.path.join(folder, name))
+            if os.path.dirname(file_path) == folder:  # never outside the report's own folder
+                listed.append(file_path)
+    return listed
+
+
+def save_replacing_previous(report: ExplanationReport, output_dir: str | os.PathLike, **save_kwargs: Any) -> Any:
+    """`report.save(output_dir)`, then removes the overlays of the report that was there before and that the new one
+    did not overwrite (a longer earlier answer's ``token_07_*.png``, another token's name), so that the folder holds
+    what its ``report.json`` lists. Only files listed by the earlier ``report.json`` and named as overlays are
+    removed; other files in the folder are left alone.
+
+    Returns:
+        [`ReportPaths`].
+    """
+    from .report import JSON_NAME
+
+    previous = _files_of_previous_report(output_dir, save_kwargs.get("json_name", JSON_NAME))
+    paths = report.save(output_dir, **save_kwargs)
+    kept = {os.path.realpath(path) for row in (*paths.overlays, *paths.teacher_overlays) for path in row}
+    for path in previous:
+        if path not in kept:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            else:
+                logger.info("Removed %s (an overlay of the previous report in this folder).", path)
+    return paths
+
+
 def _head_summary(head: FastRMHead | None, head_id: str | None) -> dict[str, Any] | None:
     if head is None:
         return None
@@ -128,7 +210,9 @@ def explain(
         prompt (`str`): the question; the processor's chat template (if any) and image tokens are added.
         head ([`FastRMHead`], *optional*): the head; without one (and without a wrapper's), the maps are the
             teacher's gradient maps.
-        output_dir (`str`, *optional*): where to write the files; nothing is written without it.
+        output_dir (`str`, *optional*): where to write the files; nothing is written without it. The overlays of
+            an earlier report in that folder that this one does not overwrite are removed (only those its
+            ``report.json`` lists), so the folder and the new report agree.
         max_new_tokens (`int`, *optional*, defaults to 32): answer length limit.
         teacher (`bool`, *optional*, defaults to `False`): also compute the teacher's gradient maps for the same
             tokens and show them beside the head's.
@@ -165,6 +249,13 @@ def explain(
         raise ValueError("`explain` needs at least one image.")
     image_list = [image.convert("RGB") for image in image_list]
 
+    unknown = unknown_words(processor, prompt)
+    if unknown:
+        logger.warning(
+            "The model's tokenizer does not know %s: %s become its unknown token, which says nothing to the model.",
+            ", ".join(repr(word) for word in unknown),
+            "it" if len(unknown) == 1 else "they",
+        )
     text = build_prompt(processor, prompt, len(image_list), chat_template=chat_template)
     inputs = processor(images=image_list, text=text, return_tensors="pt")
     device = next(base_model.parameters()).device
@@ -206,5 +297,5 @@ def explain(
     )
     report.method = "fastrm" if head is not None else "gradient"
     if output_dir is not None:
-        report.save(output_dir, style=style)
+        save_replacing_previous(report, output_dir, style=style)
     return report

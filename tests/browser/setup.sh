@@ -1,26 +1,46 @@
 #!/usr/bin/env bash
-# Installs Debian's Chromium for the browser tests (tests/test_report_browser.py). Idempotent: exits at once, and
-# quietly, when a Chromium is already there. .ci/run calls it; run it by hand (as root) to run those tests locally.
-set -euo pipefail
+# Installs Debian's Chromium for the browser tests (tests/test_report_browser.py: the HTML report opened in a real
+# headless browser). `make test` and .ci/run call it; it says what it installs and why before it does, and it never
+# fails the test run: without root (or password-less sudo), apt-get or network it prints one line and the browser
+# tests are skipped with the reason. Quiet when a Chromium is already there (or HF_FASTRM_CHROMIUM names one).
+# HF_FASTRM_SKIP_BROWSER_SETUP=1 installs nothing (the browser tests are then skipped unless a Chromium is there).
+set -uo pipefail
 
-if [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; then
+NAME="tests/browser/setup.sh"
+SKIP="the browser tests (tests/test_report_browser.py) will be skipped"
+
+if [ -n "${HF_FASTRM_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 \
+    || command -v chromium-browser >/dev/null 2>&1; then
+    exit 0
+fi
+if [ "${HF_FASTRM_SKIP_BROWSER_SETUP:-0}" = "1" ]; then
+    echo "$NAME: HF_FASTRM_SKIP_BROWSER_SETUP=1, not installing Chromium; $SKIP."
     exit 0
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "tests/browser/setup.sh: no apt-get here; install Chromium yourself (or set HF_FASTRM_CHROMIUM)." >&2
-    exit 1
+    echo "$NAME: no apt-get here to install Chromium; $SKIP (install Chromium yourself or set HF_FASTRM_CHROMIUM)."
+    exit 0
 fi
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        SUDO="sudo -n"
     else
-        echo "tests/browser/setup.sh: installing Chromium needs root (apt-get install chromium)." >&2
-        exit 1
+        echo "$NAME: installing Chromium needs root (apt-get install chromium); $SKIP."
+        exit 0
     fi
 fi
-echo "tests/browser/setup.sh: installing chromium with apt-get (for the browser tests)"
+echo "$NAME: installing Debian's 'chromium' package with ${SUDO:+sudo }apt-get (several hundred MB on disk)"
+echo "$NAME: the browser tests open the HTML report in a real headless Chromium. Opt out: HF_FASTRM_SKIP_BROWSER_SETUP=1"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
-command -v chromium >/dev/null 2>&1
+APT_OPTIONS=(-o Acquire::Retries=0 -o Acquire::http::Timeout=20 -o Acquire::https::Timeout=20)
+LOG="$(mktemp "${TMPDIR:-/tmp}/hf-fastrm-chromium-setup.XXXXXX")"
+if $SUDO apt-get "${APT_OPTIONS[@]}" update -qq >"$LOG" 2>&1 \
+    && $SUDO apt-get "${APT_OPTIONS[@]}" install -y -qq --no-install-recommends chromium >>"$LOG" 2>&1 \
+    && command -v chromium >/dev/null 2>&1; then
+    echo "$NAME: installed $(chromium --version 2>/dev/null || echo chromium)."
+    rm -f "$LOG"
+else
+    echo "$NAME: apt-get could not install chromium (no network or no Debian package? log: $LOG); $SKIP."
+fi
+exit 0
