@@ -88,14 +88,16 @@ def test_package_namespace_is_lazy_and_complete():
         """
         import sys
         import hf_fastrm
-        print("torch" in sys.modules, "transformers" in sys.modules)
-        from hf_fastrm import FastRMWrapper
-        from hf_fastrm.wrapper import FastRMWrapper as defined
-        print(FastRMWrapper is defined, "torch" in sys.modules)
+        print("torch" in sys.modules, "transformers" in sys.modules, "FastRMWrapper" in dir(hf_fastrm))
         """
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "False", "True", "True"]
+    assert done.stdout.split() == ["False", "False", "True"]
+    # The first use imports the defining module (here, where torch is loaded already, in this process).
+    from hf_fastrm import FastRMWrapper
+    from hf_fastrm.wrapper import FastRMWrapper as defined
+
+    assert FastRMWrapper is defined and hf_fastrm.FastRMWrapper is defined
 
 
 def test_all_names_resolve_and_agree_with_the_type_checking_imports():

@@ -232,8 +232,8 @@ def _warn_unknown_words(processor: Any, prompt: str) -> None:
     tokenizer = getattr(processor, "tokenizer", processor)
     message = (
         f"the model's tokenizer does not know {', '.join(repr(word) for word in unknown)}: "
-        f"{'it becomes' if len(unknown) == 1 else 'they become'} {tokenizer.unk_token!r}, which says nothing to "
-        "the model, so its answer does not answer that question."
+        f"{'it becomes' if len(unknown) == 1 else 'they become'} {tokenizer.unk_token!r}, which carries no meaning "
+        "to the model; ask with words it knows."
     )
     vocabulary = getattr(tokenizer, "get_vocab", dict)()
     if 0 < len(vocabulary) <= 100:  # a small word-level vocabulary (the shipped toy model's): list what it knows
