@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,6 +70,7 @@ class FastRMLogitsProcessor(LogitsProcessor):
         self.special_token_ids = self._special_ids(model, special_token_ids)
         self._steps: list[torch.Tensor] = []
         self._last_input_ids: torch.Tensor | None = None
+        self._step_listeners: list[Callable[[], Callable[..., None] | None]] = []
         self._tap = HiddenStateTap(model, self.adapter, on_prefill=self._on_prefill)
         self._tap.attach()
         self._finalizer = weakref.finalize(self, self._tap.detach)
@@ -111,9 +113,30 @@ class FastRMLogitsProcessor(LogitsProcessor):
             raise RuntimeError(
                 "The FastRM tap saw no prefill for this generate() call; was the model called with input_ids?"
             )
-        self._steps.append(self.head.relevance_from_keys(state, keys))
+        relevance = self.head.relevance_from_keys(state, keys)
+        self._steps.append(relevance)
         self._last_input_ids = input_ids
+        for reference in list(self._step_listeners):
+            listener = reference()
+            if listener is not None:
+                listener(relevance, input_ids, self._tap.image_token_mask, self._tap.layouts)
         return scores
+
+    # ------------------------------------------------------------------ step listeners (streaming)
+    def add_step_listener(self, listener: Callable[..., None]) -> None:
+        """Calls `listener(relevance, input_ids, image_token_mask, layouts)` at every step, right after the map of
+        the token about to be chosen is computed (see `hf_fastrm.streaming.FastRMStreamer`).
+
+        `relevance` has shape `(rows, image_tokens)` (padded; `image_token_mask` `(rows, image_tokens)` marks the
+        real image tokens), `input_ids` `(rows, sequence_length)` are the tokens so far and `layouts` the rows'
+        [`RowImageLayout`]s. A bound method is held weakly (the processor does not keep its owner alive).
+        """
+        reference = weakref.WeakMethod(listener) if hasattr(listener, "__self__") else (lambda: listener)
+        self._step_listeners.append(reference)
+
+    def remove_step_listener(self, listener: Callable[..., None]) -> None:
+        """Stops calling `listener` (no error when it was not added)."""
+        self._step_listeners = [ref for ref in self._step_listeners if ref() not in (None, listener)]
 
     # ------------------------------------------------------------------ results
     @property
