@@ -331,7 +331,9 @@ def stream_result(
     if sequences is None:
         sequences = getattr(result, "sequences", None)
     if sequences is None:
-        raise ValueError("`stream_result` needs the generated `sequences` (pass generate()'s output or its sequences).")
+        raise ValueError(
+            "`stream_result` needs the generated `sequences` (pass generate()'s output or its sequences)."
+        )
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     relevancy, token_mask = result.relevancy.detach().float().cpu(), result.token_mask.cpu()
     confidence = result.confidence.detach().float().cpu()

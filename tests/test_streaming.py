@@ -6,8 +6,6 @@ from __future__ import annotations
 import math
 import queue
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -78,10 +76,10 @@ def test_greedy_batch_streams_every_row_as_generated(llava, head):
     # Token i is handed out after forward pass i + 1 and before pass i + 2: while generate() is still running.
     assert all(count == index + 1 for index, count in seen_at), seen_at
     # Row 1 holds two images: two grids.
-    assert [len(t.maps) for t in tokens if t.row == 1][0] == 2
+    assert next(len(t.maps) for t in tokens if t.row == 1) == 2
     assert tokens[0].grid_labels and tokens[0].method in STREAMING_METHODS
     # Text pieces join into the decoded answer.
-    for row, streamed in enumerate(_rows(tokens, 3)):
+    for streamed in _rows(tokens, 3):
         ids = [t.token_id for t in streamed]
         assert "".join(t.text for t in streamed) == processor.tokenizer.decode(ids, skip_special_tokens=False)
 
@@ -181,12 +179,12 @@ def test_listener_is_held_weakly(llava, head):
         assert all(reference() is None for reference in fastrm._step_listeners)
 
 
-def test_docs_streaming_example_runs():
-    """The first Python block of docs/streaming.md, run as written in a fresh process (shipped model, offline)."""
+def test_docs_streaming_example_runs(capsys):
+    """The first Python block of docs/streaming.md, run as written (shipped model, offline)."""
     text = (ROOT / "docs" / "streaming.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-3000:]
-    lines = [line for line in run.stdout.splitlines() if line.startswith("row ")]
-    assert len(lines) >= 2, run.stdout
-    assert "answer" in run.stdout
+    exec(compile(code, "docs/streaming.md", "exec"), {"__name__": "docs_streaming"})
+    printed = capsys.readouterr().out
+    lines = [line for line in printed.splitlines() if line.startswith("row ")]
+    assert {line.split()[1] for line in lines} == {"0", "1"}, printed  # both rows of the batch streamed
+    assert "answer confidence per row" in printed
