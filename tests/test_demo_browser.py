@@ -39,7 +39,9 @@ pytestmark = [
         reason="Chromium is not installed: run tests/browser/setup.sh (apt-get install chromium) or set "
         "HF_FASTRM_CHROMIUM",
     ),
-    pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason='gradio is not installed: pip install ".[demo]"'),
+    pytest.mark.skipif(
+        importlib.util.find_spec("gradio") is None, reason='gradio is not installed: pip install ".[demo]"'
+    ),
 ]
 
 
@@ -186,9 +188,10 @@ def test_demo_streams_explains_and_compares(page, server):
     compared = _wait(lambda: (lambda s: s if s["teacher"] else None)(_viewer(page)), 180, "the gradient maps")
     assert compared["views"] == 2
     # The pinned token stays chosen through the re-render, in both panels.
-    assert page.evaluate(
-        "Array.from(document.querySelectorAll('img.fastrm-view'), i => i.dataset.token)"
-    ) == [target["index"]] * 2
+    assert (
+        page.evaluate("Array.from(document.querySelectorAll('img.fastrm-view'), i => i.dataset.token)")
+        == [target["index"]] * 2
+    )
 
     # Screenshot for the README (checked by eye as well: docs/images/demo.png).
     shot = ROOT / "docs" / "images" / "demo.png"
