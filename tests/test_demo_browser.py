@@ -193,7 +193,10 @@ def test_demo_streams_explains_and_compares(page, server):
         == [target["index"]] * 2
     )
 
-    # Screenshot for the README (checked by eye as well: docs/images/demo.png).
+    # Screenshot for the README (checked by eye as well: docs/images/demo.png), once Gradio no longer dims the
+    # outputs of the running event.
+    _wait(lambda: page.evaluate("document.querySelectorAll('.pending').length === 0"), 60, "the event to end")
+    time.sleep(0.5)
     shot = ROOT / "docs" / "images" / "demo.png"
     tmp = shot.with_suffix(".tmp.png")
     page.screenshot(str(tmp))

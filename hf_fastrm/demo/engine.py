@@ -205,15 +205,17 @@ class DemoEngine:
                 return_dict_in_generate=True,
             )
             shown = 0
-            for token in streamer:
-                if token.row != 0:
-                    continue
-                state.tokens.append(self._demo_token(token, view))
-                if shown and self.token_delay > 0:
-                    time.sleep(self.token_delay)
-                shown += 1
-                yield state
-            thread.join()
+            try:
+                for token in streamer:
+                    if token.row != 0:
+                        continue
+                    state.tokens.append(self._demo_token(token, view))
+                    if shown and self.token_delay > 0:
+                        time.sleep(self.token_delay)
+                    shown += 1
+                    yield state
+            finally:  # also when the page goes away mid-answer: the model is free (and unhooked) only after this
+                thread.join()
             outputs = attach_result(streamer.output, fastrm.result_for(streamer.output))
             streamer.close()
         state.elapsed = time.perf_counter() - started
