@@ -9,7 +9,7 @@ import sys
 from . import __version__
 
 # Each module in hf_fastrm.commands defines `register(subparsers)`, adding its sub-command with `func` set.
-_COMMANDS = ("explain", "distill", "train", "evaluate", "push")
+_COMMANDS = ("explain", "distill", "train", "evaluate", "push", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
@@ -54,6 +55,26 @@ class RelevancyMixin:
                 row_maps.append(picked.masked_fill(grid < 0, math.nan))
             maps.append(row_maps)
         return maps[0] if batch_index is not None else maps
+
+    # ------------------------------------------------------------------ notebook display (hf_fastrm.viz.notebook)
+    def _repr_html_(self) -> str:
+        """Jupyter: per row, each token's confidence and its map on the patch grids (no image: see `show`)."""
+        from .viz.notebook import result_html
+
+        return result_html(self)
+
+    def show(self, images: Any, processor: Any, **kwargs: Any) -> Any:
+        """An [`ExplanationReport`] of one row with its image (renders inline in Jupyter; `.save(folder)` writes the
+        HTML/JSON report). See `hf_fastrm.viz.notebook.show` for the arguments."""
+        from .viz.notebook import show
+
+        return show(self, images, processor, **kwargs)
+
+    def plot(self, batch_index: int = 0, **kwargs: Any) -> Any:
+        """The row's token maps with matplotlib (a `Figure`); see `hf_fastrm.viz.notebook.plot`."""
+        from .viz.notebook import plot
+
+        return plot(self, batch_index, **kwargs)
 
 
 @dataclass

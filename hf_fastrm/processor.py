@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,7 @@ class FastRMLogitsProcessor(LogitsProcessor):
         self.head = head
         self.special_token_ids = self._special_ids(model, special_token_ids)
         self._record: _CallRecord | None = None
+        self._step_listeners: list[Callable[[], Callable[..., None] | None]] = []
         # The hooks live on the model, which outlives the processor: they must not keep the processor alive, or the
         # finalizer below would never run. The tap gets a function holding only a weak reference.
         on_prefill = weakref.WeakMethod(self._on_prefill)
@@ -167,9 +169,30 @@ class FastRMLogitsProcessor(LogitsProcessor):
                 beam_search=_inside_beam_search(),
             )
             self._record = record
-        record.steps.append(self.head.relevance_from_keys(state, keys))
+        relevance = self.head.relevance_from_keys(state, keys)
+        record.steps.append(relevance)
         record.last_input_ids = input_ids
+        for reference in list(self._step_listeners):
+            listener = reference()
+            if listener is not None:
+                listener(relevance, input_ids, tap.image_token_mask, tap.layouts)
         return scores
+
+    # ------------------------------------------------------------------ step listeners (streaming)
+    def add_step_listener(self, listener: Callable[..., None]) -> None:
+        """Calls `listener(relevance, input_ids, image_token_mask, layouts)` at every step, right after the map of
+        the token about to be chosen is computed (see `hf_fastrm.streaming.FastRMStreamer`).
+
+        `relevance` has shape `(rows, image_tokens)` (padded; `image_token_mask` `(rows, image_tokens)` marks the
+        real image tokens), `input_ids` `(rows, sequence_length)` are the tokens so far and `layouts` the rows'
+        [`RowImageLayout`]s. A bound method is held weakly (the processor does not keep its owner alive).
+        """
+        reference = weakref.WeakMethod(listener) if hasattr(listener, "__self__") else (lambda: listener)
+        self._step_listeners.append(reference)
+
+    def remove_step_listener(self, listener: Callable[..., None]) -> None:
+        """Stops calling `listener` (no error when it was not added)."""
+        self._step_listeners = [ref for ref in self._step_listeners if ref() not in (None, listener)]
 
     # ------------------------------------------------------------------ results
     @property

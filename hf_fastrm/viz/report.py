@@ -170,6 +170,18 @@ class ExplanationReport:
     def num_tokens(self) -> int:
         return len(self.token_ids)
 
+    def _repr_html_(self) -> str:
+        """Jupyter: the report inline, in the HTML report's look (click a token to see its map)."""
+        from .notebook import report_html
+
+        return report_html(self)
+
+    def plot(self, **kwargs: Any) -> Any:
+        """The token maps over the image with matplotlib (a `Figure`); see `hf_fastrm.viz.notebook.plot`."""
+        from .notebook import plot
+
+        return plot(self, **kwargs)
+
     @property
     def num_grids(self) -> int:
         return len(self.maps)
