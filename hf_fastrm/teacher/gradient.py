@@ -31,9 +31,17 @@ from tqdm.auto import tqdm
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput, logging
 
-from ..architectures import RowImageLayout, get_adapter
-from ..confidence import map_confidence, sequence_confidence
+from .. import results
+from ..architectures import get_adapter
 from ..outputs import FastRMResult
+from ..results import (
+    assemble_result,
+    call_eos_token_id,
+    eos_token_ids,
+    gather_image_slots,
+    image_slots,
+    token_masks,
+)
 from .attention import AttentionCapture, frozen, relevance_dtype
 
 logger = logging.get_logger(__name__)
@@ -188,7 +196,9 @@ def gradient_relevancy(
             )
     decoder_layers = adapter.decoder_layers(model)
     selected = select_layers(layers, len(decoder_layers))
-    token_mask, counted = token_masks(model, new_tokens, eos_token_id, special_token_ids)
+    eos_ids = eos_token_ids(model, eos_token_id)
+    special_ids = results.special_token_ids(model, eos_token_id, special_token_ids)
+    token_mask, _ = token_masks(new_tokens, eos_ids, special_ids)
     # Steps after every row has ended are all masked: no need to explain them.
     steps = int(token_mask.any(dim=0).nonzero().max()) + 1
 
@@ -216,22 +226,20 @@ def gradient_relevancy(
     )  # rows: (batch, steps, length)
 
     num_new = new_tokens.shape[1]
-    image_index, image_mask = _image_index(layouts, rows.device)
-    picked = rows.gather(2, image_index.unsqueeze(1).expand(-1, steps, -1))
-    relevancy = torch.full((batch, num_new, image_index.shape[1]), math.nan, dtype=rows.dtype, device=rows.device)
+    picked, image_mask = gather_image_slots(rows, layouts)
+    relevancy = picked.new_full((batch, num_new, picked.shape[2]), math.nan)
     relevancy[:, :steps] = picked
-    token_mask = token_mask.to(rows.device)
-    relevancy = relevancy.masked_fill(~(token_mask.unsqueeze(-1) & image_mask.unsqueeze(1)), math.nan)
-    confidence = map_confidence(relevancy, image_mask.unsqueeze(1))
-    result = FastRMResult(
-        relevancy=relevancy,
-        confidence=confidence,
-        sequence_confidence=sequence_confidence(confidence, counted.to(rows.device)),
-        token_mask=token_mask,
+    result = assemble_result(
+        relevancy,
         image_token_mask=image_mask,
         image_layouts=layouts,
+        new_tokens=new_tokens,
+        eos_ids=eos_ids,
+        special_ids=special_ids,
         method="gradient",
     )
+    token_mask = result.token_mask
+    image_index, _ = image_slots(layouts, rows.device)
     output = TeacherOutput(result=result, layers=selected, target=target)
 
     if return_text_relevancy:
@@ -277,10 +285,7 @@ def gradient_relevancy_for_outputs(model: nn.Module, outputs: Any, inputs: dict[
         raise TypeError(
             f"`outputs` must be generate()'s output of a decoder-only model, got {type(outputs).__name__}."
         )
-    eos_token_id = inputs.get("eos_token_id")
-    if eos_token_id is None and inputs.get("generation_config") is not None:
-        eos_token_id = getattr(inputs["generation_config"], "eos_token_id", None)
-    return gradient_relevancy(model, inputs, sequences, eos_token_id=eos_token_id).result
+    return gradient_relevancy(model, inputs, sequences, eos_token_id=call_eos_token_id(inputs)).result
 
 
 # ---------------------------------------------------------------------------------------------------- the core
@@ -498,32 +503,6 @@ def select_layers(layers: list[int] | None, num_layers: int) -> list[int]:
     return sorted(chosen)
 
 
-def token_masks(
-    model: nn.Module,
-    new_tokens: torch.Tensor,
-    eos_token_id: int | list[int] | None = None,
-    special_token_ids: list[int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens generated up to and including the row's end of sequence, those of them that are not special), each
-    `(batch, new_tokens)`."""
-    config = getattr(model, "generation_config", None)
-    eos = _ids(eos_token_id if eos_token_id is not None else getattr(config, "eos_token_id", None))
-    if special_token_ids is None:
-        special = sorted(
-            {i for name in ("eos_token_id", "pad_token_id", "bos_token_id") for i in _ids(getattr(config, name, None))}
-            | set(eos)
-        )
-    else:
-        special = [int(i) for i in special_token_ids]
-    device = new_tokens.device
-    is_eos = torch.isin(new_tokens, torch.as_tensor(eos, dtype=new_tokens.dtype, device=device))
-    ended_before = torch.zeros_like(is_eos)
-    ended_before[:, 1:] = is_eos.cumsum(dim=1)[:, :-1] > 0
-    token_mask = ~ended_before
-    counted = token_mask & ~torch.isin(new_tokens, torch.as_tensor(special, dtype=new_tokens.dtype, device=device))
-    return token_mask, counted
-
-
 def generation_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids as `generate()` gives them: counting only attended tokens (left padding starts at 0)."""
     positions = attention_mask.long().cumsum(-1) - 1
@@ -533,25 +512,6 @@ def generation_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 def _computes_own_positions(model: nn.Module) -> bool:
     # Multimodal rotary models (Qwen2-VL and kin) derive 3-D positions from the image grids themselves.
     return any(hasattr(module, "get_rope_index") for module in (model, getattr(model, "model", None)) if module)
-
-
-def _image_index(layouts: list[RowImageLayout], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(batch, image_tokens)` positions (0 in padding slots) and the mask of real slots."""
-    width = max(layout.num_image_tokens for layout in layouts)
-    index = torch.zeros(len(layouts), width, dtype=torch.long)
-    mask = torch.zeros(len(layouts), width, dtype=torch.bool)
-    for row, layout in enumerate(layouts):
-        index[row, : layout.num_image_tokens] = layout.image_positions
-        mask[row, : layout.num_image_tokens] = True
-    return index.to(device), mask.to(device)
-
-
-def _ids(value: int | list[int] | None) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, torch.Tensor):
-        return [int(v) for v in value.flatten().tolist()]
-    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
 
 
 def _empty_cache(device: torch.device) -> None:

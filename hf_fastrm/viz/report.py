@@ -215,7 +215,12 @@ class ExplanationReport:
         steps = token_mask.shape[0]
         new_ids = outputs.sequences[batch_index, prompt_length : prompt_length + steps].cpu()
         token_ids = [int(i) for i in new_ids[:count]]
-        special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special_mask = getattr(outputs, "special_token_mask", None)
+        if special_mask is not None:  # the rule every method's result follows (hf_fastrm.results)
+            special = [bool(flag) for flag in special_mask[batch_index, :count].tolist()]
+        else:  # outputs assembled elsewhere: the tokenizer's special tokens
+            special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+            special = [token in special_ids for token in token_ids]
         maps = [grid[:count].detach().float().cpu() for grid in outputs.relevancy_maps(batch_index)]
         layout = outputs.image_layouts[batch_index]
         labels = list(getattr(layout, "grid_labels", None) or [])
@@ -235,7 +240,7 @@ class ExplanationReport:
             answer=tokenizer.decode(token_ids, skip_special_tokens=True).strip(),
             token_ids=token_ids,
             tokens=decode_tokens(tokenizer, token_ids),
-            special=[token in special_ids for token in token_ids],
+            special=special,
             confidence=confidence,
             sequence_confidence=float(outputs.sequence_confidence[batch_index]),
             maps=maps,
