@@ -106,7 +106,8 @@ class ExplanationReport:
             is kept in the JSON but not drawn).
         images (`list[PIL.Image.Image]`): per image, the region the model saw (after the processor's crop); empty for
             a report read back from JSON.
-        method (`str`): ``"fastrm"`` (the head's maps) or ``"gradient"`` (the teacher's).
+        method (`str`): the registered name of the method that made `maps` (``"fastrm"``: the head's maps,
+            ``"gradient"``: the teacher's, ``"attention"``, ``"rollout"``, ``"lvlm-interpret"`` or a user's method).
         model_id (`str`, *optional*): the base model's Hub id or folder.
         head (`dict`, *optional*): the head's id and configuration summary.
         teacher_maps, teacher_confidence, teacher_sequence_confidence (*optional*): the teacher's gradient maps for
