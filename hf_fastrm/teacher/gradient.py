@@ -1,6 +1,7 @@
 """Exact gradient relevancy maps (the teacher FastRM heads are distilled from), computed the lean way.
 
-The rule (Chefer et al. 2021, rules 5 and 6, as LVLM-Interpret applies them to LLaVA): for generated token ``t``,
+The rule (Chefer et al. 2021, rules 5 and 6; exact for this rule, which equals LVLM-Interpret's maps for the first
+generated token only, see docs/teacher.md): for generated token ``t``,
 chosen at position ``p``, let ``y`` be its logit (or log-probability) there. For each language-model layer ``l`` with
 attention probabilities ``A_l`` of shape `(heads, n, n)`,
 
@@ -118,7 +119,13 @@ def gradient_relevancy(
     eos_token_id: int | list[int] | None = None,
     special_token_ids: list[int] | None = None,
 ) -> TeacherOutput:
-    r"""Exact gradient relevancy of every generated token over the image tokens.
+    r"""Gradient relevancy of every generated token over the image tokens, exact for the rule of this module (every
+    token's rows from its own gradient of the raw logit or log-probability).
+
+    Equal to LVLM-Interpret's maps for the first generated token (float64, 2e-16); for later tokens they differ
+    (on 50 scenes: Pearson median 0.9999, min 0.96; argmax agrees on 336 of 350 tokens), as LVLM-Interpret reuses
+    rows computed for earlier tokens and differentiates the processed score. For that app's maps use
+    ``hf_fastrm.methods.get_method("lvlm-interpret")``.
 
     Args:
         model (`PreTrainedModel`): a vision-language model of a registered family (its weights are not changed;
