@@ -26,7 +26,7 @@ from transformers.utils import logging
 
 from ..head import FastRMHead
 from ..utils.io import atomic_write_text
-from .shards import ShardBatch, ShardDataset, collate_examples
+from .shards import ShardBatch, ShardDataset, collate_examples, split_example_ids
 
 logger = logging.get_logger(__name__)
 
@@ -284,8 +284,6 @@ def evaluate_head(
     if split not in ("all", "train", "validation"):
         raise ValueError(f"`split` must be 'all', 'train' or 'validation', got {split!r}.")
     if split != "all":
-        from .train import split_example_ids
-
         val_fraction = training_info.get("val_fraction", 0.05) if val_fraction is None else val_fraction
         seed = training_info.get("seed", 0) if seed is None else seed
         train_ids, val_ids = split_example_ids(dataset.all_example_ids, val_fraction, seed)

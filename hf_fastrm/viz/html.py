@@ -12,12 +12,15 @@ import html
 import json
 import math
 import os
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from ..utils.io import atomic_write_text
-from .overlay import colormap_css_gradient
-from .report import ExplanationReport, OverlayStyle, image_bytes
+from .overlay import OverlayStyle, colormap_css_gradient, image_bytes
+
+if TYPE_CHECKING:
+    from .report import ExplanationReport
 
 _METHOD_LABELS = {
     "fastrm": "FastRM head",

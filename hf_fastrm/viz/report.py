@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -16,7 +15,8 @@ from PIL import Image
 from transformers.utils import logging
 
 from ..utils.io import atomic_write_text, atomic_write_with
-from .overlay import DEFAULT_COLORMAP, display_size, overlay
+from .html import render_html_report
+from .overlay import OverlayStyle
 
 logger = logging.get_logger(__name__)
 
@@ -25,43 +25,6 @@ JSON_FORMAT_VERSION = 1
 
 HTML_NAME = "report.html"
 JSON_NAME = "report.json"
-
-
-@dataclass
-class OverlayStyle:
-    """How maps are drawn in every output of a report (see [`overlay`]).
-
-    Args:
-        colormap (`str`, *optional*, defaults to ``"jet"``): colour map name.
-        alpha (`float`, *optional*, defaults to 0.5): opacity of the colour layer.
-        normalize (`bool`, *optional*, defaults to `True`): min-max each map over its cells before colouring.
-        min_size (`int`, *optional*, defaults to 256): small images are enlarged (by whole factors) until their
-            longer side reaches this many pixels, so maps of tiny scenes stay readable.
-        max_size (`int`, *optional*, defaults to 768): large images are shrunk to this longer side.
-    """
-
-    colormap: str = DEFAULT_COLORMAP
-    alpha: float = 0.5
-    normalize: bool = True
-    min_size: int | None = 256
-    max_size: int | None = 768
-
-    def draw(self, image: Image.Image, relevancy_map: torch.Tensor) -> Image.Image:
-        """`relevancy_map` `(h, w)` over `image`, sized for display."""
-        return overlay(
-            image,
-            relevancy_map,
-            alpha=self.alpha,
-            colormap=self.colormap,
-            normalize=self.normalize,
-            size=display_size(image.size, self.min_size, self.max_size),
-        )
-
-    def base(self, image: Image.Image) -> Image.Image:
-        """`image` alone at the size its overlays have."""
-        from .overlay import resize_for_display
-
-        return resize_for_display(image, display_size(image.size, self.min_size, self.max_size))
 
 
 @dataclass
@@ -273,8 +236,6 @@ class ExplanationReport:
         Returns:
             [`ReportPaths`], also kept in `self.paths`.
         """
-        from .html import render_html_report
-
         output_dir = os.fspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         style = style or OverlayStyle()
@@ -450,12 +411,6 @@ def save_token_overlays(
 def write_image(image: Image.Image, path: str | os.PathLike, image_format: str = "PNG") -> None:
     """Saves `image` to `path` atomically."""
     atomic_write_with(path, lambda tmp: image.save(tmp, format=image_format, optimize=True))
-
-
-def image_bytes(image: Image.Image, image_format: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format, optimize=True, **({"quality": 88} if image_format == "JPEG" else {}))
-    return buffer.getvalue()
 
 
 def decode_tokens(tokenizer: Any, token_ids: list[int]) -> list[str]:
