@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging
 
 from ..config import FastRMConfig
@@ -180,15 +181,7 @@ def train_head(
     rank, world = accelerator.process_index, accelerator.num_processes
     steps_per_epoch = len(_local_batches(len(train_set), batch_size, 0, seed, rank, world))
     total_steps = max(1, steps_per_epoch * epochs)
-    warmup_steps = int(warmup_ratio * total_steps)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     trainable, optimizer = accelerator.prepare(trainable, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 

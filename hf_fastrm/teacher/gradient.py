@@ -145,8 +145,8 @@ def gradient_relevancy(
         token_chunk_size (`int`, *optional*): tokens whose gradients one batched backward computes (memory grows with
             it; 1 means one plain backward per token). Defaults to 2 on CPU (with the attention in row blocks, 2 to 8
             tokens measure within 5 % of each other on the cpu-mid benchmark model) and 8 on accelerators
-            (fastest on an H200 at 7B, 1.26x the memory of plain generate). A chunk that runs out of accelerator
-            memory is retried in halves.
+            (fastest on an H200 at 7B, 1.26x the memory of plain generate). A chunk that runs out of memory
+            (``torch.OutOfMemoryError``, on any device) is retried in halves.
         attention_block_rows (`int`, *optional*): query rows per block in the attention's backward: each block is
             computed against the keys its rows can see, which skips the masked half of a causal ``(n, n)`` product
             (0 means one block over everything). Defaults to 128 on CPU, where the blocks' tensors stay in cache,
@@ -363,7 +363,7 @@ def _relevancy_rows(
                     stop = min(start + chunk, steps)
                     try:
                         layer_relevance = _chunk_relevance(targets, probes, start, stop)
-                    except torch.cuda.OutOfMemoryError:
+                    except torch.OutOfMemoryError:  # CUDA, and any accelerator whose allocator raises it
                         if chunk == 1:
                             raise
                         chunk = max(1, chunk // 2)
@@ -522,5 +522,7 @@ def _computes_own_positions(model: nn.Module) -> bool:
 
 
 def _empty_cache(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    """Returns cached blocks of `device`'s allocator (torch.cuda, torch.xpu, torch.mps, ... by device type)."""
+    empty_cache = getattr(getattr(torch, device.type, None), "empty_cache", None)
+    if device.type != "cpu" and callable(empty_cache):
+        empty_cache()
