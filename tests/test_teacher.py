@@ -127,7 +127,6 @@ def test_chunk_sizes_agree(model):
         )
 
 
-
 def test_a_chunk_out_of_memory_is_retried_in_halves_on_any_device(model, monkeypatch, caplog):
     from hf_fastrm.teacher import gradient as teacher_gradient
 
@@ -147,6 +146,7 @@ def test_a_chunk_out_of_memory_is_retried_in_halves_on_any_device(model, monkeyp
     result = gradient_relevancy(model, inputs, sequences, token_chunk_size=4).relevancy
     assert sizes[:3] == [4, 2, 1] and set(sizes[3:]) == {1}
     torch.testing.assert_close(result, expected, atol=1e-12, rtol=0, equal_nan=True)
+
 
 def test_float32_model_matches_naive_closely():
     model32 = tiny_llava(seed=1)

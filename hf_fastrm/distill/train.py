@@ -9,6 +9,7 @@ and the seed), so it does not depend on shard order or on the number of processe
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import math
@@ -26,6 +27,7 @@ from ..config import FastRMConfig
 from ..constants import DEFAULT_HEAD_DIM, DEFAULT_LABEL_THRESHOLD
 from ..head import FastRMHead
 from ..utils.io import atomic_write_text
+from .arguments import TrainArguments
 from .evaluate import METRIC_NAMES, binary_metrics, confusion_counts, evaluate_dataset, make_labels
 from .launch import wants_cpu
 from .shards import ShardDataset, collate_examples, split_example_ids
@@ -103,6 +105,34 @@ def _local_batches(
 
 
 def train_head(
+    arguments: TrainArguments | str | os.PathLike | list[str | os.PathLike],
+    output_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> TrainSummary:
+    """Trains a [`FastRMHead`] on distilled shards. Run it in one process or under ``accelerate launch``.
+
+    Args:
+        arguments ([`TrainArguments`], or the shards): every option in one dataclass (what `hf-fastrm train`
+            parses); or, as a shorthand, the shard folder(s), with `output_dir` and the other [`TrainArguments`]
+            fields as keyword arguments (``train_head("shards/", "head/", epochs=3)``).
+
+    Returns:
+        A [`TrainSummary`].
+
+    Raises:
+        ValueError: for shards of different models or no training example.
+    """
+    if not isinstance(arguments, TrainArguments):
+        arguments = TrainArguments(shards=arguments, output_dir=output_dir, **options)
+    elif output_dir is not None or options:
+        raise TypeError("Pass either a TrainArguments or the shards with keyword options, not both.")
+    options = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(arguments)}
+    options["resume"] = True if options["resume"] == "latest" else (options["resume"] or False)
+    options["save_total_limit"] = options["save_total_limit"] or None
+    return _train_head(**options)
+
+
+def _train_head(
     shards: str | os.PathLike | list[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
@@ -124,7 +154,7 @@ def train_head(
     save_total_limit: int | None = 2,
     show_progress: bool = True,
 ) -> TrainSummary:
-    """Trains a [`FastRMHead`] on distilled shards. Run it in one process or under ``accelerate launch``.
+    """The training loop of [`train_head`] (see [`TrainArguments`] for the options).
 
     Args:
         shards: a folder of shards written by [`distill`] (or several folders); all from one model.
