@@ -9,10 +9,31 @@ import pytest
 from transformers import HfArgumentParser
 
 import hf_fastrm
-from hf_fastrm.distill.arguments import EvaluateArguments, TrainArguments
+from hf_fastrm.distill.arguments import DistillArguments, EvaluateArguments, TrainArguments
 from hf_fastrm.utils.arguments import add_dataclass_arguments, dataclass_from_namespace
 
 COMMAND_LINES = [
+    (DistillArguments, ["--model", "m", "--corpus", "c", "--output-dir", "o"]),
+    (
+        DistillArguments,
+        [
+            "--model",
+            "m",
+            "--corpus",
+            "c",
+            "--output_dir",
+            "o",
+            "--dtype",
+            "bfloat16",
+            "--limit",
+            "5",
+            "--token-chunk-size",
+            "2",
+            "--teacher-target",
+            "log_prob",
+            "--no-show-progress",
+        ],
+    ),
     (TrainArguments, ["--shards", "a", "b", "--output-dir", "out"]),
     (
         TrainArguments,
@@ -42,7 +63,7 @@ def test_bad_values_are_refused():
         TrainArguments(shards=["a"], output_dir="o", epochs=0)
 
 
-def test_the_train_and_evaluate_options_load_without_torch_or_transformers():
+def test_the_distill_train_and_evaluate_options_load_without_torch_or_transformers():
     """What `--help` of these commands imports, apart from the package's own __init__ (made lazy elsewhere)."""
     package_dir = Path(hf_fastrm.__file__).parent
     code = (
@@ -52,9 +73,10 @@ def test_the_train_and_evaluate_options_load_without_torch_or_transformers():
         f"package.__path__ = [{str(package_dir)!r}]\n"
         "sys.modules['hf_fastrm'] = package\n"
         "import argparse\n"
-        "from hf_fastrm.commands import evaluate, train\n"
+        "from hf_fastrm.commands import distill, evaluate, train\n"
         "subparsers = argparse.ArgumentParser().add_subparsers()\n"
         "train.register(subparsers)\n"
         "evaluate.register(subparsers)\n"
+        "distill.register(subparsers)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_dataclass_arguments(parser, TrainArguments)
-    # the spelling `hf-fastrm distill` uses too
+    # the spelling of earlier releases
     parser.add_argument("--no-progress", action="store_false", dest="show_progress", help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 

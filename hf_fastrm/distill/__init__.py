@@ -31,6 +31,7 @@ _EXPORTS = {
     "distill_batch": "teacher_pass",
     "TrainSummary": "train",
     "train_head": "train",
+    "DistillArguments": "arguments",
     "EvaluateArguments": "arguments",
     "TrainArguments": "arguments",
 }

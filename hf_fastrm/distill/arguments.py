@@ -1,5 +1,5 @@
-"""The options of `hf-fastrm train` and `hf-fastrm evaluate`, written once: dataclasses that `train_head` and
-`evaluate_head` take and the CLI turns into options (by `transformers.HfArgumentParser`'s conventions; see
+"""The options of `hf-fastrm distill`, `train` and `evaluate`, written once: dataclasses that `distill`, `train_head`
+and `evaluate_head` take and the CLI turns into options (by `transformers.HfArgumentParser`'s conventions; see
 `hf_fastrm.utils.arguments`). No torch import here, so `--help` stays fast."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..constants import DEFAULT_HEAD_DIM, DEFAULT_LABEL_THRESHOLD
+
+_MODEL_DTYPES = ["auto", "bfloat16", "float16", "float32"]
 
 
 @dataclass
@@ -95,3 +97,66 @@ class EvaluateArguments:
         self.shards = [str(path) for path in self.shards]
         if self.batch_size < 1:
             raise ValueError(f"`batch_size` must be at least 1, got {self.batch_size}.")
+
+
+@dataclass
+class DistillArguments:
+    """What [`distill`] runs the teacher over, and how (the model, the corpus, generation, the shards)."""
+
+    model: str = field(metadata={"help": "Hub id or folder of the vision-language model (or, in Python, a model)."})
+    corpus: str = field(
+        metadata={
+            "help": "A `datasets` dataset name or saved folder with image and question columns, or a folder of "
+            "images with a JSONL of {'image': file, 'question': text}."
+        }
+    )
+    output_dir: str = field(metadata={"help": "Where the shards go (resumed if it holds some)."})
+    revision: str | None = field(default=None, metadata={"help": "Revision (commit, tag, branch) of the model."})
+    dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dtype of the model (bfloat16 on CUDA, float32 on CPU by default).",
+            "choices": _MODEL_DTYPES,
+        },
+    )
+    device: str | None = field(default=None, metadata={"help": "Device of the model (default: the process's device)."})
+    device_map: str | None = field(
+        default=None, metadata={"help": "`device_map` for models larger than one GPU ('auto')."}
+    )
+    image_column: str = field(default="image", metadata={"help": "Image column of a dataset."})
+    question_column: str = field(default="question", metadata={"help": "Question column of a dataset."})
+    id_column: str | None = field(
+        default=None, metadata={"help": "Column of unique example ids (row numbers otherwise)."}
+    )
+    split: str | None = field(default=None, metadata={"help": "Dataset split (default: 'train' or the only one)."})
+    questions_file: str | None = field(
+        default=None, metadata={"help": "The JSONL of an image folder (default: the only one)."}
+    )
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N examples."})
+    prompt_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt with '{question}' and '{image}' (the image placeholder); default: the processor's chat "
+            "template, else 'USER: {image}\\n{question} ASSISTANT:'."
+        },
+    )
+    max_new_tokens: int = field(default=32, metadata={"help": "Answer length limit (greedy decoding)."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per generate + teacher call."})
+    examples_per_shard: int = field(default=256, metadata={"help": "Examples per shard (the unit of resumption)."})
+    storage_dtype: str = field(
+        default="bfloat16",
+        metadata={"help": "Dtype of the hidden states on disk.", "choices": ["bfloat16", "float16", "float32"]},
+    )
+    teacher_target: str = field(
+        default="logit", metadata={"help": "What the teacher differentiates.", "choices": ["logit", "log_prob"]}
+    )
+    token_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per batched teacher backward (less memory when smaller; the teacher's default)."},
+    )
+    show_progress: bool = field(default=True, metadata={"help": "Show the progress bar (--no-show-progress hides)."})
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size", "examples_per_shard"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
