@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AttentionInterface, PretrainedConfig
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..architectures import ArchitectureAdapter, RowImageLayout, get_adapter
@@ -33,6 +32,7 @@ from ..teacher.attention import (
     attention_modules,
     frozen,
     relevance_dtype,
+    sdpa_fallback,
 )
 from ..teacher.attention import _probabilities as eager_probabilities
 from ..teacher.gradient import (
@@ -129,7 +129,8 @@ def forced_sequence(
         if layout.num_image_tokens == 0:
             raise ValueError(
                 f"Row {row} of the prompt holds no image tokens, so there is nothing to explain. Build the prompt "
-                "with the model's processor from an image and a text holding its image placeholder."
+                "with the model's processor from an image and a text holding its image placeholder (for example "
+                "'<image>' for LLaVA)."
             )
     eos_ids = eos_token_ids(model, eos_token_id)
     specials = special_token_ids(model, eos_token_id, special_ids)
@@ -215,11 +216,7 @@ def _record_attention_forward(
     recorder = _ACTIVE_RECORDER
     layer = recorder.layer_of_module.get(id(module)) if recorder is not None else None
     if layer is None:
-        if softcap is not None:
-            kwargs["softcap"] = softcap
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
+        return sdpa_fallback(module, query, key, value, attention_mask, dropout, scaling, softcap, kwargs)
     if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
         raise NotImplementedError(
             f"{type(module).__name__} uses attention sinks, which the attention methods do not model."

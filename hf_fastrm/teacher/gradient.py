@@ -32,16 +32,10 @@ from tqdm.auto import tqdm
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput, logging
 
-from .. import results
-from ..architectures import get_adapter
 from ..outputs import FastRMResult
 from ..results import (
-    assemble_result,
     call_eos_token_id,
-    eos_token_ids,
-    gather_image_slots,
     image_slots,
-    token_masks,
 )
 from .attention import AttentionCapture, frozen, relevance_dtype
 
@@ -182,72 +176,28 @@ def gradient_relevancy(
         )
     if not isinstance(token_chunk_size, int) or token_chunk_size < 1:
         raise ValueError(f"`token_chunk_size` must be a positive integer, got {token_chunk_size!r}.")
-    sequences = getattr(sequences, "sequences", sequences)
-    if (
-        not isinstance(sequences, torch.Tensor)
-        or sequences.ndim != 2
-        or sequences.dtype not in (torch.long, torch.int)
-    ):
-        raise TypeError("`sequences` must be generate()'s output sequences, a 2-D tensor of token ids.")
-    adapter = get_adapter(model)
-    input_ids, prompt_mask, extra = prompt_inputs(model, inputs, sequences)
-    batch, prompt_length = input_ids.shape
-    new_tokens = sequences[:, prompt_length:].to(input_ids.device)
-    layouts = adapter.image_layout(model.config, input_ids, extra)
-    for row, layout in enumerate(layouts):
-        if layout.num_image_tokens == 0:
-            raise ValueError(
-                f"Row {row} of the prompt holds no image tokens, so there is nothing to explain. Build the prompt "
-                "with the model's processor from an image and a text holding its image placeholder (for example "
-                "'<image>' for LLaVA)."
-            )
-    decoder_layers = adapter.decoder_layers(model)
+    from ..methods.base import sequences_of
+    from ..methods.forward import forced_sequence
+
+    sequences = sequences_of(sequences)
+    forced = forced_sequence(model, inputs, sequences, eos_token_id=eos_token_id, special_ids=special_token_ids)
+    batch, prompt_length, steps = forced.input_ids.shape[0], forced.prompt_length, forced.steps
+    layouts = forced.layouts
+    decoder_layers = forced.adapter.decoder_layers(model)
     selected = select_layers(layers, len(decoder_layers))
-    eos_ids = eos_token_ids(model, eos_token_id)
-    special_ids = results.special_token_ids(model, eos_token_id, special_token_ids)
-    token_mask, _ = token_masks(new_tokens, eos_ids, special_ids)
-    # Steps after every row has ended are all masked: no need to explain them.
-    steps = int(token_mask.any(dim=0).nonzero().max()) + 1
-
-    teacher_ids = sequences[:, : prompt_length + steps - 1].to(input_ids.device)
-    teacher_mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, steps - 1)], dim=1)
-    extra = extend_per_token_inputs(model, extra, prompt_length, steps - 1)
-    length = teacher_ids.shape[1]
-    chosen_positions = torch.arange(prompt_length - 1, prompt_length - 1 + steps, device=input_ids.device)
-
     rows, hidden = _relevancy_rows(
-        model,
-        adapter,
+        forced,
         decoder_layers,
         selected,
-        teacher_ids,
-        teacher_mask,
-        extra,
-        new_tokens[:, :steps],
-        chosen_positions,
         target=target,
         token_chunk_size=token_chunk_size,
         block_rows=attention_block_rows or None,
         show_progress=show_progress,
         keep_hidden=return_hidden_states,
     )  # rows: (batch, steps, length)
-
-    num_new = new_tokens.shape[1]
-    picked, image_mask = gather_image_slots(rows, layouts)
-    relevancy = picked.new_full((batch, num_new, picked.shape[2]), math.nan)
-    relevancy[:, :steps] = picked
-    result = assemble_result(
-        relevancy,
-        image_token_mask=image_mask,
-        image_layouts=layouts,
-        new_tokens=new_tokens,
-        eos_ids=eos_ids,
-        special_ids=special_ids,
-        method="gradient",
-    )
-    token_mask = result.token_mask
-    image_index, _ = image_slots(layouts, rows.device)
+    result = forced.result(rows, "gradient")
     output = TeacherOutput(result=result, layers=selected, target=target)
+    num_new, length = forced.new_tokens.shape[1], forced.input_ids.shape[1]
 
     if return_text_relevancy:
         seq_len = sequences.shape[1]
@@ -257,19 +207,21 @@ def gradient_relevancy(
         visible = position.view(1, 1, -1) <= (prompt_length - 1 + torch.arange(num_new, device=rows.device)).view(
             1, -1, 1
         )
-        valid = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(batch, seq_len - prompt_length).bool()], dim=1)
+        prompt_mask = forced.attention_mask[:, :prompt_length].bool()
+        valid = torch.cat([prompt_mask, prompt_mask.new_ones(batch, seq_len - prompt_length)], dim=1)
         valid = valid.to(rows.device)
         for row, layout in enumerate(layouts):
             valid[row, layout.image_positions.to(rows.device)] = False
-        keep = visible & valid.unsqueeze(1) & token_mask.unsqueeze(-1)
+        keep = visible & valid.unsqueeze(1) & result.token_mask.unsqueeze(-1)
         output.text_relevancy = text.masked_fill(~keep, math.nan)
 
     if return_hidden_states:
         width = hidden.shape[-1]
-        image_states = hidden.gather(1, image_index.to(hidden.device).unsqueeze(-1).expand(-1, -1, width))
-        output.image_hidden_states = image_states * image_mask.to(hidden.device).unsqueeze(-1)
+        image_index, image_mask = image_slots(layouts, hidden.device)
+        image_states = hidden.gather(1, image_index.unsqueeze(-1).expand(-1, -1, width))
+        output.image_hidden_states = image_states * image_mask.unsqueeze(-1)
         token_states = hidden.new_zeros(batch, num_new, width)
-        token_states[:, :steps] = hidden[:, chosen_positions.to(hidden.device)]
+        token_states[:, :steps] = hidden[:, forced.chosen_positions.to(hidden.device)]
         output.token_hidden_states = token_states
     return output
 
@@ -297,15 +249,9 @@ def gradient_relevancy_for_outputs(model: nn.Module, outputs: Any, inputs: dict[
 
 # ---------------------------------------------------------------------------------------------------- the core
 def _relevancy_rows(
-    model: nn.Module,
-    adapter: Any,
+    forced: Any,
     decoder_layers: nn.ModuleList,
     selected: list[int],
-    teacher_ids: torch.Tensor,
-    teacher_mask: torch.Tensor,
-    extra: dict[str, Any],
-    chosen_tokens: torch.Tensor,
-    chosen_positions: torch.Tensor,
     *,
     target: str,
     token_chunk_size: int,
@@ -313,10 +259,13 @@ def _relevancy_rows(
     show_progress: bool,
     keep_hidden: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Row ``p`` of ``R`` for every token: `(batch, steps, length)`; and the final-norm output `(batch, length,
-    hidden)` when `keep_hidden`."""
-    batch, length = teacher_ids.shape
-    steps = chosen_tokens.shape[1]
+    """Row ``p`` of ``R`` for every token of the forced sequence (a `hf_fastrm.methods.forward.ForcedSequence`):
+    `(batch, steps, length)`; and the final-norm output `(batch, length, hidden)` when `keep_hidden`."""
+    model, adapter = forced.model, forced.adapter
+    batch, length = forced.input_ids.shape
+    steps = forced.steps
+    chosen_tokens = forced.new_tokens[:, :steps]
+    chosen_positions = forced.chosen_positions
     language_model = adapter.language_model(model)
     norm = adapter.final_norm(model)
     recorded: dict[str, torch.Tensor] = {}
@@ -324,20 +273,11 @@ def _relevancy_rows(
     def keep_last_hidden(module: nn.Module, args: tuple, output: Any) -> None:
         recorded["hidden"] = (output[0] if isinstance(output, tuple) else output).detach()
 
-    forward_kwargs = dict(extra)
-    forward_parameters = inspect.signature(model.forward).parameters
-    if "position_ids" in forward_parameters and not _computes_own_positions(model):
-        forward_kwargs["position_ids"] = generation_position_ids(teacher_mask)
-    if "logits_to_keep" in forward_parameters:
-        forward_kwargs["logits_to_keep"] = steps
-
     capture = AttentionCapture(model, language_model, decoder_layers, selected, block_rows=block_rows)
     handle = norm.register_forward_hook(keep_last_hidden) if keep_hidden else None
     try:
         with frozen(model), capture, torch.enable_grad():
-            outputs = model(
-                input_ids=teacher_ids, attention_mask=teacher_mask, use_cache=False, return_dict=True, **forward_kwargs
-            )
+            outputs = forced.forward()
             missing = sorted(set(range(len(decoder_layers))) - set(capture.called_layers))
             if missing:
                 raise RuntimeError(
