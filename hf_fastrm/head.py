@@ -25,9 +25,9 @@ from torch import nn
 from transformers.utils import logging
 
 from .config import FastRMConfig
-from .constants import CONFIG_NAME, LIBRARY_NAME, MODEL_CARD_NAME, WEIGHTS_NAME
+from .constants import CONFIG_NAME, LIBRARY_NAME, WEIGHTS_NAME
 from .utils.hub import resolve_file
-from .utils.io import atomic_write_text, atomic_write_with
+from .utils.io import atomic_write_with
 
 logger = logging.get_logger(__name__)
 
@@ -137,7 +137,8 @@ class FastRMHead(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, save_directory: str | os.PathLike, **card_kwargs: Any) -> None:
-        """Writes ``fastrm_config.json``, ``fastrm_head.safetensors`` (only the head) and a model card.
+        """Writes ``fastrm_config.json``, ``fastrm_head.safetensors`` (only the head) and a model card (an existing
+        ``README.md`` is updated, not overwritten; see `hf_fastrm.hub_card`).
 
         Every file is written to a temporary name and renamed, so a crash never leaves a half-written head.
         """
@@ -148,9 +149,9 @@ class FastRMHead(nn.Module):
             os.path.join(save_directory, WEIGHTS_NAME), lambda tmp: save_file(state, tmp, metadata=metadata)
         )
         self.config.save_pretrained(save_directory)
-        from .hub_card import make_model_card
+        from .hub_card import write_model_card
 
-        atomic_write_text(os.path.join(save_directory, MODEL_CARD_NAME), make_model_card(self.config, **card_kwargs))
+        write_model_card(save_directory, self.config, **card_kwargs)
 
     @classmethod
     def from_pretrained(

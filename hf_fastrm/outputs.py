@@ -26,6 +26,8 @@ class RelevancyMixin:
             answer that is only the end-of-sequence token), which is logged as a warning.
         token_mask (`torch.BoolTensor` of shape `(batch, new_tokens)`): True for tokens that were generated (up to
             and including the row's end-of-sequence token).
+        special_token_mask (`torch.BoolTensor` of shape `(batch, new_tokens)`): True for generated special tokens
+            (end of sequence, pad, bos; left out of `sequence_confidence`). The rule is in `hf_fastrm.results`.
         image_token_mask (`torch.BoolTensor` of shape `(batch, image_tokens)`): True for real image tokens.
         image_layouts (`list[RowImageLayout]`): per row, the image tokens' positions and each image's grid.
     """
@@ -88,7 +90,9 @@ class FastRMResult(RelevancyMixin):
     image_token_mask: torch.Tensor
     image_layouts: list[RowImageLayout] = field(default_factory=list)
     method: str = "fastrm"
-    """``"fastrm"`` for the head's maps, ``"gradient"`` for the teacher's."""
+    """The registered name of the method that made the maps (``"fastrm"``, ``"gradient"``, ... see
+    `hf_fastrm.methods.available_methods()`)."""
+    special_token_mask: torch.Tensor | None = None
 
     def to(self, device: str | torch.device) -> FastRMResult:
         return FastRMResult(
@@ -99,6 +103,7 @@ class FastRMResult(RelevancyMixin):
             image_token_mask=self.image_token_mask.to(device),
             image_layouts=self.image_layouts,
             method=self.method,
+            special_token_mask=None if self.special_token_mask is None else self.special_token_mask.to(device),
         )
 
 
@@ -112,6 +117,8 @@ class FastRMGenerateDecoderOnlyOutput(GenerateDecoderOnlyOutput, RelevancyMixin)
     token_mask: torch.BoolTensor | None = None
     image_token_mask: torch.BoolTensor | None = None
     image_layouts: list[RowImageLayout] | None = None
+    special_token_mask: torch.BoolTensor | None = None
+    method: str | None = None
 
 
 @dataclass
@@ -125,6 +132,8 @@ class FastRMGenerateBeamDecoderOnlyOutput(GenerateBeamDecoderOnlyOutput, Relevan
     token_mask: torch.BoolTensor | None = None
     image_token_mask: torch.BoolTensor | None = None
     image_layouts: list[RowImageLayout] | None = None
+    special_token_mask: torch.BoolTensor | None = None
+    method: str | None = None
 
 
 def attach_result(outputs: GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput, result: FastRMResult):
@@ -143,4 +152,6 @@ def attach_result(outputs: GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOu
         token_mask=result.token_mask,
         image_token_mask=result.image_token_mask,
         image_layouts=result.image_layouts,
+        special_token_mask=result.special_token_mask,
+        method=result.method,
     )

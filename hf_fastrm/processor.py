@@ -12,16 +12,12 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
-from transformers.utils import logging
 
 from .architectures import RowImageLayout, get_adapter
-from .confidence import map_confidence, sequence_confidence
 from .head import FastRMHead
 from .outputs import FastRMResult
+from .results import assemble_result, eos_token_ids, special_token_ids
 from .taps import HiddenStateTap
-
-logger = logging.get_logger(__name__)
-
 
 _BEAM_SEARCH_LOOPS = frozenset({"_beam_search", "_group_beam_search", "_constrained_beam_search"})
 
@@ -65,7 +61,8 @@ class FastRMLogitsProcessor(LogitsProcessor):
         check_base_model (`bool`, *optional*, defaults to `True`):
             Refuse a head whose base model name differs from the model's (see [`FastRMHead.check_compatible`]).
         special_token_ids (`list[int]`, *optional*):
-            Token ids left out of the per-sequence confidence; defaults to the generation config's eos, pad and bos.
+            Token ids left out of the per-sequence confidence; defaults to the call's end-of-sequence ids and the
+            generation config's eos, pad and bos (the rule of `hf_fastrm.results`).
 
     Example:
 
@@ -102,7 +99,7 @@ class FastRMLogitsProcessor(LogitsProcessor):
             head.to(norm_param.device)
         self.model = model
         self.head = head
-        self.special_token_ids = self._special_ids(model, special_token_ids)
+        self.special_token_ids = None if special_token_ids is None else [int(i) for i in special_token_ids]
         self._record: _CallRecord | None = None
         self._step_listeners: list[Callable[[], Callable[..., None] | None]] = []
         # The hooks live on the model, which outlives the processor: they must not keep the processor alive, or the
@@ -121,10 +118,6 @@ class FastRMLogitsProcessor(LogitsProcessor):
     def close(self) -> None:
         """Removes the hooks from the model; the last result stays readable."""
         self._tap.detach()
-
-    @property
-    def is_attached(self) -> bool:
-        return self._tap.attached
 
     def __enter__(self) -> FastRMLogitsProcessor:
         if not self._tap.attached:
@@ -290,83 +283,21 @@ class FastRMLogitsProcessor(LogitsProcessor):
         eos_token_id: int | list[int] | None = None,
     ) -> FastRMResult:
         per_row = torch.stack(record.steps, dim=1)  # (rows, steps, image_tokens)
-        image_mask = record.image_token_mask.to(per_row.device)
-        layouts = record.layouts
         prompt_length = record.prompt_length
-        if beam_indices is not None:
-            num_steps = min(beam_indices.shape[1], per_row.shape[1])
-            beam_indices = beam_indices[:, :num_steps].to(per_row.device)
-            source = beam_indices.clamp(min=0)
-            step = torch.arange(num_steps, device=per_row.device).expand_as(source)
-            relevancy = per_row[source, step]  # (returned_rows, steps, image_tokens)
-            first = source[:, 0]
-            image_mask = image_mask[first]
-            layouts = [layouts[int(row)] for row in first]
-            generated = beam_indices >= 0
-        else:
-            relevancy = per_row
-            generated = torch.ones(relevancy.shape[:2], dtype=torch.bool, device=relevancy.device)
-        num_steps = relevancy.shape[1]
         if sequences is not None:
-            new_tokens = sequences[:, prompt_length : prompt_length + num_steps].to(relevancy.device)
-        else:
-            new_tokens = record.last_input_ids[:, prompt_length:].to(relevancy.device)
-        token_mask, counted = self._token_masks(new_tokens, generated, self._eos_ids(eos_token_id))
-        relevancy = relevancy.masked_fill(~(token_mask.unsqueeze(-1) & image_mask.unsqueeze(1)), float("nan"))
-        confidence = map_confidence(relevancy, image_mask.unsqueeze(1))
-        per_sequence = sequence_confidence(confidence, counted)
-        warn_if_only_special_tokens(counted)
-        return FastRMResult(
-            relevancy=relevancy,
-            confidence=confidence,
-            sequence_confidence=per_sequence,
-            token_mask=token_mask,
-            image_token_mask=image_mask,
-            image_layouts=layouts,
+            new_tokens = sequences[:, prompt_length:]
+        else:  # the processor never saw the last chosen token
+            new_tokens = record.last_input_ids[:, prompt_length:]
+        return assemble_result(
+            per_row,
+            image_token_mask=record.image_token_mask,
+            image_layouts=record.layouts,
+            new_tokens=new_tokens,
+            eos_ids=eos_token_ids(self.model, eos_token_id),
+            special_ids=special_token_ids(self.model, eos_token_id, self.special_token_ids),
+            beam_indices=beam_indices,
+            method="fastrm",
         )
-
-    def _token_masks(
-        self, new_tokens: torch.Tensor, generated: torch.Tensor, eos_token_ids: list[int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens generated up to and including the row's EOS, those of them that are not special tokens).
-
-        `new_tokens` may lack the last step's token (a processor never sees it): it then counts as generated and
-        non-special.
-        """
-        known = min(new_tokens.shape[1], generated.shape[1])
-        new_tokens = new_tokens[:, :known]
-        is_eos = torch.zeros_like(generated)
-        special = torch.zeros_like(generated)
-        if eos_token_ids:
-            is_eos[:, :known] = torch.isin(new_tokens, torch.as_tensor(eos_token_ids, device=new_tokens.device))
-        if self.special_token_ids:
-            special[:, :known] = torch.isin(
-                new_tokens, torch.as_tensor(self.special_token_ids, device=new_tokens.device)
-            )
-        ended_before = torch.zeros_like(generated)
-        ended_before[:, 1:] = is_eos.cumsum(dim=1)[:, :-1] > 0
-        token_mask = generated & ~ended_before
-        return token_mask, token_mask & ~special
-
-    def _eos_ids(self, eos_token_id: int | list[int] | None = None) -> list[int]:
-        if eos_token_id is None:
-            eos_token_id = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        if eos_token_id is None:
-            return []
-        return [int(e) for e in (eos_token_id if isinstance(eos_token_id, (list, tuple)) else [eos_token_id])]
-
-    @staticmethod
-    def _special_ids(model: nn.Module, special_token_ids: list[int] | None) -> list[int]:
-        if special_token_ids is not None:
-            return [int(i) for i in special_token_ids]
-        config = getattr(model, "generation_config", None)
-        ids: list[int] = []
-        for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
-            value = getattr(config, name, None)
-            if value is None:
-                continue
-            ids.extend(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-        return sorted(set(ids))
 
 
 def _inside_beam_search(max_depth: int = 16) -> bool:
@@ -379,18 +310,3 @@ def _inside_beam_search(max_depth: int = 16) -> bool:
             return True
         frame = frame.f_back
     return False
-
-
-def warn_if_only_special_tokens(counted: torch.Tensor) -> None:
-    """Warns when a row's `sequence_confidence` is NaN because it generated no token that counts.
-
-    Args:
-        counted (`torch.BoolTensor` of shape `(batch, new_tokens)`): generated, non-special tokens.
-    """
-    empty = (~counted.any(dim=1)).nonzero().flatten().tolist()
-    if empty:
-        logger.warning(
-            f"sequence_confidence is NaN for row(s) {empty}: every token they generated is a special token (for "
-            "example the answer is only the end-of-sequence token), and special tokens are left out of the mean. "
-            "Their per-token `confidence` is still there; a longer or better prompt gives an answer to explain."
-        )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -265,8 +264,3 @@ class HiddenStateTap:
             )
         state, self.last_state = self.last_state, None
         return state
-
-
-def nan_fill(tensor: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`tensor` with NaN where `mask` is False (broadcasting `mask`)."""
-    return tensor.masked_fill(~mask, math.nan)

@@ -14,7 +14,6 @@ from .architectures import get_adapter
 from .constants import CONFIG_NAME, HEAD_SUBFOLDER
 from .head import FastRMHead
 from .outputs import attach_result
-from .processor import FastRMLogitsProcessor, warn_if_only_special_tokens
 
 logger = logging.get_logger(__name__)
 
@@ -217,22 +216,21 @@ class FastRMWrapper(nn.Module):
         return result
 
     # ------------------------------------------------------------------ generation
-    def generate(self, *args: Any, return_relevancy: bool | str = False, **kwargs: Any) -> Any:
+    def generate(self, *args: Any, return_relevancy: bool | str | Any = False, **kwargs: Any) -> Any:
         """`generate()` of the base model; with `return_relevancy` also relevancy maps and confidence.
 
         Args:
-            return_relevancy (`bool` or `str`, *optional*, defaults to `False`):
+            return_relevancy (`bool`, `str` or `RelevancyMethod`, *optional*, defaults to `False`):
                 `True` or ``"fastrm"``: the head's maps, computed inside generation at almost no cost.
-                ``"gradient"``: the teacher's exact gradient maps (a teacher-forced forward and one backward per
-                token after generation; see `hf_fastrm.teacher`). Either way the output is a dict-style
+                Any other name registered in `hf_fastrm.methods` (``"gradient"``: the teacher's exact gradient
+                maps; ``"attention"``, ``"rollout"``, ``"lvlm-interpret"``; or your own) or a method instance: the
+                method explains the returned sequences after generation. Either way the output is a dict-style
                 `GenerateOutput` (``return_dict_in_generate`` is implied).
             args, kwargs: as for the base model's `generate()` (`logits_processor`, `stopping_criteria`,
                 `streamer`, sampling and beam-search settings, ...).
         """
-        if not return_relevancy:
+        if return_relevancy is False or return_relevancy is None:
             return self.model.generate(*args, **kwargs)
-        if return_relevancy not in (True, "fastrm", "gradient"):
-            raise ValueError(f"`return_relevancy` must be True, 'fastrm' or 'gradient', got {return_relevancy!r}.")
         if kwargs.get("return_dict_in_generate") is False:
             raise ValueError(
                 "`return_relevancy` needs generate()'s dict output, but the call passed return_dict_in_generate=False "
@@ -240,47 +238,43 @@ class FastRMWrapper(nn.Module):
                 "(`import hf_fastrm.pipeline`; see docs/quickstart.md), which returns relevancy and confidence with "
                 "each output."
             )
-        kwargs["return_dict_in_generate"] = True
-        if return_relevancy == "gradient":
-            return self._generate_with_teacher(*args, **kwargs)
-        if self.head is None:
-            raise ValueError(
-                "This FastRMWrapper has no head: load one with FastRMWrapper.from_pretrained(model, head=...) or use "
-                "return_relevancy='gradient' for the (slower) gradient maps."
-            )
-        user_processors = kwargs.pop("logits_processor", None)
-        processors = LogitsProcessorList(list(user_processors or []))
-        with FastRMLogitsProcessor(self.model, self.head, check_base_model=self.check_base_model) as fastrm:
-            processors.append(fastrm)
-            outputs = self.model.generate(*args, logits_processor=processors, **kwargs)
-        result = fastrm.result_for(outputs, eos_token_id=_call_eos(kwargs))
-        return attach_result(outputs, result)
+        from .methods import get_method
+        from .results import call_eos_token_id
 
-    def _generate_with_teacher(self, *args: Any, **kwargs: Any) -> Any:
-        from .teacher import gradient_relevancy_for_outputs
-
-        inputs = dict(kwargs)
-        if args:
-            inputs.setdefault("input_ids", args[0])
-        input_ids = inputs.get("input_ids")
-        if isinstance(input_ids, torch.Tensor):
-            required = self.adapter.required_inputs(self.model.config, input_ids)
-            missing = [name for name in required if inputs.get(name) is None]
-            if missing:  # refused before generating: the teacher would explain placeholder embeddings
+        name = "fastrm" if return_relevancy is True else return_relevancy
+        if name == "fastrm":
+            if self.head is None:
                 raise ValueError(
-                    f"The prompt holds image or video tokens but generate() got no "
-                    f"{', '.join(f'`{name}`' for name in missing)}. Pass everything the model's processor returned, "
-                    "e.g. `model.generate(**processor(images=image, text=prompt, return_tensors='pt'), ...)`."
+                    "This FastRMWrapper has no head: load one with FastRMWrapper.from_pretrained(model, head=...) or "
+                    "use another method, e.g. return_relevancy='gradient' for the (slower) gradient maps."
                 )
-        outputs = self.model.generate(*args, **kwargs)
-        result = gradient_relevancy_for_outputs(self.model, outputs, inputs)
-        # rows with no generated, non-special token: the same warning as the head's maps give
-        warn_if_only_special_tokens(~torch.isnan(result.sequence_confidence).unsqueeze(1))
-        return attach_result(outputs, result)
+            method = get_method("fastrm", head=self.head, check_base_model=self.check_base_model)
+        else:
+            method = get_method(name)
+        kwargs["return_dict_in_generate"] = True
+        if not method.streams:
+            inputs = dict(kwargs)
+            if args:
+                inputs.setdefault("input_ids", args[0])
+            self._check_required_inputs(inputs)  # before generating: a method would explain placeholder embeddings
+            outputs = self.model.generate(*args, **kwargs)
+            return attach_result(outputs, method.attribute(self.model, inputs, outputs))
+        processors = LogitsProcessorList(list(kwargs.pop("logits_processor", None) or []))
+        with method.logits_processor(self.model) as streaming:
+            processors.append(streaming)
+            outputs = self.model.generate(*args, logits_processor=processors, **kwargs)
+        return attach_result(outputs, streaming.result_for(outputs, eos_token_id=call_eos_token_id(kwargs)))
 
-
-def _call_eos(kwargs: dict[str, Any]) -> int | list[int] | None:
-    if kwargs.get("eos_token_id") is not None:
-        return kwargs["eos_token_id"]
-    generation_config = kwargs.get("generation_config")
-    return getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    def _check_required_inputs(self, inputs: dict[str, Any]) -> None:
+        """Refuses a prompt holding image or video tokens without the processor outputs they need."""
+        input_ids = inputs.get("input_ids")
+        if not isinstance(input_ids, torch.Tensor):
+            return
+        required = self.adapter.required_inputs(self.model.config, input_ids)
+        missing = [name for name in required if inputs.get(name) is None]
+        if missing:
+            raise ValueError(
+                f"The prompt holds image or video tokens but generate() got no "
+                f"{', '.join(f'`{name}`' for name in missing)}. Pass everything the model's processor returned, "
+                "e.g. `model.generate(**processor(images=image, text=prompt, return_tensors='pt'), ...)`."
+            )

@@ -127,6 +127,27 @@ def test_chunk_sizes_agree(model):
         )
 
 
+def test_a_chunk_out_of_memory_is_retried_in_halves_on_any_device(model, monkeypatch, caplog):
+    from hf_fastrm.teacher import gradient as teacher_gradient
+
+    inputs = tiny_llava_inputs(model, batch_size=1, seed=7)
+    sequences = generate(model, inputs, max_new_tokens=4, min_new_tokens=4)
+    expected = gradient_relevancy(model, inputs, sequences, token_chunk_size=1).relevancy
+    real = teacher_gradient._chunk_relevance
+    sizes = []
+
+    def short_of_memory(targets, probes, start, stop):
+        sizes.append(stop - start)
+        if stop - start > 1:
+            raise torch.OutOfMemoryError("simulated")  # what CUDA, XPU and other allocators raise
+        return real(targets, probes, start, stop)
+
+    monkeypatch.setattr(teacher_gradient, "_chunk_relevance", short_of_memory)
+    result = gradient_relevancy(model, inputs, sequences, token_chunk_size=4).relevancy
+    assert sizes[:3] == [4, 2, 1] and set(sizes[3:]) == {1}
+    torch.testing.assert_close(result, expected, atol=1e-12, rtol=0, equal_nan=True)
+
+
 def test_float32_model_matches_naive_closely():
     model32 = tiny_llava(seed=1)
     inputs = tiny_llava_inputs(model32, batch_size=2, seed=8)

@@ -483,13 +483,25 @@ def test_cli_with_explicit_model_and_head(saved_model, model, processor, head, t
 
 
 def test_cli_gradient_maps_without_a_head(saved_model, tmp_path, capsys):
-    pytest.importorskip("hf_fastrm.teacher")
     model_dir, _, image_path = saved_model
     argv = ["--image", str(image_path), "--prompt", PROMPT, "--model", str(model_dir), "--teacher"]
     assert _cli(*argv, "--max-new-tokens", "3", "--output-dir", str(tmp_path)) == 0
     data = json.loads(Path(tmp_path / "report.json").read_text(encoding="utf-8"))
     assert data["method"] == "gradient" and data["head"] is None and data["teacher"] is None
-    assert "none (gradient relevancy maps)" in capsys.readouterr().out
+    assert "Method:   gradient" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["attention", "rollout", "lvlm-interpret", "fastrm"])
+def test_cli_method_option_makes_the_reports_maps(saved_model, tmp_path, capsys, method):
+    model_dir, head_dir, image_path = saved_model
+    argv = ["--image", str(image_path), "--prompt", PROMPT, "--model", str(model_dir), "--method", method]
+    if method == "fastrm":
+        argv += ["--head", str(head_dir)]
+    assert _cli(*argv, "--max-new-tokens", "3", "--output-dir", str(tmp_path)) == 0
+    data = json.loads(Path(tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert data["method"] == method and f"Method:   {method}" in capsys.readouterr().out
+    assert len(data["files"]["overlays"]) == len(data["tokens"])
+    assert "maps: " in Path(tmp_path / "report.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(
@@ -504,6 +516,7 @@ def test_cli_gradient_maps_without_a_head(saved_model, tmp_path, capsys):
         ),
         (["--image", "{model}/config.json", "--prompt", "x"], "not an image"),
         (["--max-new-tokens", "0"], "at least 1"),
+        (["--method", "no-such-method"], "registered: attention"),
     ],
 )
 def test_cli_refuses_bad_input(saved_model, argv, message, capsys, tmp_path):
@@ -527,14 +540,12 @@ def test_cli_refuses_a_head_for_another_model(saved_model, tmp_path, capsys):
 def test_cli_without_arguments_uses_the_shipped_model(monkeypatch, model, processor, head, tmp_path, capsys):
     """The no-argument path (scene, question, shipped model and head), with the tiny model standing in for the
     shipped one so this runs whether or not the toy assets are built."""
-    toy = pytest.importorskip("hf_fastrm.toy")
-    head_dir = tmp_path / "head"
-    head.save_pretrained(head_dir)
+    from hf_fastrm import toy
+
     monkeypatch.setattr(toy, "default_model_available", lambda: True)
     monkeypatch.setattr(toy, "load_default_model", lambda device=None, **kwargs: model)
     monkeypatch.setattr(toy, "load_default_processor", lambda: processor)
-    monkeypatch.setattr(toy, "DEFAULT_HEAD_DIR", str(head_dir))
-    monkeypatch.delattr(toy, "load_default_head", raising=False)
+    monkeypatch.setattr(toy, "load_default_head", lambda: head)
     monkeypatch.chdir(tmp_path)
     assert _cli("--seed", "3", "--max-new-tokens", "3") == 0
     printed = capsys.readouterr().out
@@ -552,15 +563,11 @@ def test_cli_without_arguments_uses_the_shipped_model(monkeypatch, model, proces
     data = json.loads(Path(tmp_path / "absent" / "report.json").read_text(encoding="utf-8"))
     assert data["metadata"]["expected_answer"] == "none" and data["metadata"]["question_kind"] == "shape"
     assert data["metadata"]["target_box"] is None
-    # A toy package that offers load_default_head() is used through it.
-    monkeypatch.setattr(toy, "DEFAULT_HEAD_DIR", str(tmp_path / "no-such-head"))
-    monkeypatch.setattr(toy, "load_default_head", lambda: head, raising=False)
-    assert _cli("--max-new-tokens", "2", "--output-dir", "via-loader") == 0
-    assert (tmp_path / "via-loader" / "report.json").is_file()
 
 
 def test_cli_without_assets_says_how_to_build_them(monkeypatch, model, processor, tmp_path, capsys):
-    toy = pytest.importorskip("hf_fastrm.toy")
+    from hf_fastrm import toy
+
     monkeypatch.setattr(toy, "default_model_available", lambda: False)
     assert _cli("--output-dir", str(tmp_path)) == 2
     error = capsys.readouterr().err
@@ -569,8 +576,11 @@ def test_cli_without_assets_says_how_to_build_them(monkeypatch, model, processor
     monkeypatch.setattr(toy, "default_model_available", lambda: True)
     monkeypatch.setattr(toy, "load_default_model", lambda device=None, **kwargs: model)
     monkeypatch.setattr(toy, "load_default_processor", lambda: processor)
-    monkeypatch.setattr(toy, "DEFAULT_HEAD_DIR", str(tmp_path / "no-such-head"))
-    monkeypatch.delattr(toy, "load_default_head", raising=False)
+
+    def no_head():
+        raise FileNotFoundError(f"no FastRM head in {tmp_path / 'no-such-head'}")
+
+    monkeypatch.setattr(toy, "load_default_head", no_head)
     assert _cli("--output-dir", str(tmp_path)) == 2
     assert "shipped FastRM head is not in this installation" in capsys.readouterr().err
     assert not (tmp_path / "report.html").exists()

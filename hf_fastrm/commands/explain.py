@@ -70,7 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--output-dir", default="fastrm_outputs", help="where to write (default: fastrm_outputs/)")
     output.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default: 16)")
     output.add_argument(
-        "--teacher", action="store_true", help="also compute gradient relevancy maps (slower) and show them beside"
+        "--method",
+        help="relevancy method of the maps: fastrm (the head, the default with a head), gradient (the exact gradient "
+        "teacher, the default without one), attention, rollout, lvlm-interpret, or any name registered with "
+        "hf_fastrm.methods.register_method",
+    )
+    output.add_argument(
+        "--teacher",
+        action="store_true",
+        help="also compute the gradient teacher's maps (slower; exact for its rule) and show them beside",
     )
     output.add_argument("--colormap", default="jet", help="jet, turbo, viridis or inferno (default: jet)")
     output.add_argument("--alpha", type=float, default=0.5, help="opacity of the maps over the image (default: 0.5)")
@@ -197,10 +205,17 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise CommandError(
             "--kind and --absent choose a question about the synthetic scene; with --image, ask with --prompt."
         )
-    if args.model and not args.head and not args.teacher:
+    if args.method is not None:
+        from ..methods import available_methods
+
+        if args.method not in available_methods():
+            raise CommandError(f"--method {args.method!r} is unknown; registered: {', '.join(available_methods())}.")
+    if args.method == "fastrm" and args.model and not args.head:
+        raise CommandError("--method fastrm needs --head (a FastRM head folder or Hub id trained for --model).")
+    if args.model and not args.head and not args.teacher and args.method is None:
         raise CommandError(
-            "--model needs --head (a FastRM head folder or Hub id trained for that model), or --teacher to show "
-            "gradient relevancy maps alone."
+            "--model needs --head (a FastRM head folder or Hub id trained for that model), or --method (e.g. "
+            "gradient, attention, rollout) or --teacher to show maps without a head."
         )
     _check_output_dir(args.output_dir)
     if args.image:
@@ -254,10 +269,8 @@ def _load_head(name_or_path: str, device):
 
 def _load_toy(args: argparse.Namespace, device) -> tuple[Any, Any, Any, str, str | None]:
     """The shipped model, processor and head (or the --head given), with their names for the report."""
-    try:
-        from .. import toy
-    except ImportError as error:  # pragma: no cover - the toy package ships with hf_fastrm
-        raise CommandError(f"The shipped toy model's code is missing from this installation ({error}).") from error
+    from .. import toy
+
     if not toy.default_model_available():
         raise CommandError(
             f"The shipped toy model is not in this installation (expected in {toy.DEFAULT_MODEL_DIR}). Reinstall "
@@ -271,23 +284,15 @@ def _load_toy(args: argparse.Namespace, device) -> tuple[Any, Any, Any, str, str
         raise CommandError(str(error)) from error
     if args.head:
         return model, processor, _load_head(args.head, device), toy.DEFAULT_MODEL_DIR, args.head
-    loader = getattr(toy, "load_default_head", None)
     head_dir = toy.DEFAULT_HEAD_DIR
     try:
-        if loader is not None:
-            head = loader().to(device)
-        else:
-            from ..constants import CONFIG_NAME
-
-            if not os.path.isfile(os.path.join(head_dir, CONFIG_NAME)):
-                raise FileNotFoundError(f"no FastRM head in {head_dir}")
-            head = _load_head(head_dir, device)
+        head = toy.load_default_head().to(device)
     except FileNotFoundError as error:
-        if not args.teacher:
+        if not args.teacher and args.method in (None, "fastrm"):
             raise CommandError(
                 f"The shipped FastRM head is not in this installation ({error}). Reinstall hf_fastrm from a "
-                "release or a full clone, or distil it for the toy model (see docs/toy-model.md); meanwhile "
-                "--teacher shows the gradient maps alone."
+                "release or a full clone, or distil it for the toy model (see docs/training.md); meanwhile "
+                "--method gradient shows the gradient maps alone."
             ) from error
         head = None
     return model, processor, head, toy.DEFAULT_MODEL_DIR, head_dir if head is not None else None
@@ -396,6 +401,7 @@ def _run(args: argparse.Namespace) -> int:
             output_dir=args.output_dir,
             max_new_tokens=args.max_new_tokens,
             teacher=args.teacher,
+            method=args.method,
             model_id=model_id,
             head_id=head_id,
             metadata=metadata,
@@ -418,7 +424,8 @@ def _format_confidence(value: float | None) -> str:
 def _print_summary(report: Any, model_id: str, head_id: str | None) -> None:
     expected = report.metadata.get("expected_answer")
     print(f"Model:    {model_id}")
-    print(f"Head:     {head_id or 'none (gradient relevancy maps)'}")
+    print(f"Head:     {head_id or 'none'}")
+    print(f"Method:   {report.method}")
     print(f"Question: {report.prompt}")
     verdict = ""
     if expected is not None:

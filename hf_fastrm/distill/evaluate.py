@@ -13,6 +13,7 @@ AUROC and Spearman are computed here with numpy (no scikit-learn or SciPy).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +27,8 @@ from transformers.utils import logging
 
 from ..head import FastRMHead
 from ..utils.io import atomic_write_text
-from .shards import ShardBatch, ShardDataset, collate_examples
+from .arguments import EvaluateArguments
+from .shards import ShardBatch, ShardDataset, collate_examples, split_example_ids
 
 logger = logging.get_logger(__name__)
 
@@ -231,6 +233,32 @@ def evaluate_dataset(
 
 
 def evaluate_head(
+    arguments: EvaluateArguments | FastRMHead | str | os.PathLike,
+    shards: str | os.PathLike | list[str | os.PathLike] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluates a head against the teacher maps in shards.
+
+    Args:
+        arguments ([`EvaluateArguments`], or the head): every option in one dataclass (what `hf-fastrm evaluate`
+            parses); or, as a shorthand, the head (a [`FastRMHead`], a folder or a Hub repo id), with `shards` and
+            the other [`EvaluateArguments`] fields as keyword arguments.
+
+    Returns:
+        A report: ``metrics`` (accuracy, precision, recall, f1, auroc, spearman, positive_rate), ``counts``, sizes,
+        thresholds, and what was evaluated.
+
+    Raises:
+        ValueError: for a head made for another model than the shards', or shards of different models.
+    """
+    if not isinstance(arguments, EvaluateArguments):
+        arguments = EvaluateArguments(head=arguments, shards=shards, **options)
+    elif shards is not None or options:
+        raise TypeError("Pass either an EvaluateArguments or the head with keyword options, not both.")
+    return _evaluate_head(**{f.name: getattr(arguments, f.name) for f in dataclasses.fields(arguments)})
+
+
+def _evaluate_head(
     head: FastRMHead | str | os.PathLike,
     shards: str | os.PathLike | list[str | os.PathLike],
     *,
@@ -245,7 +273,7 @@ def evaluate_head(
     check_base_model: bool = True,
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluates a head against the teacher maps in `shards`.
+    """[`evaluate_head`] with its options unpacked (see [`EvaluateArguments`]).
 
     Args:
         head: a [`FastRMHead`], or a folder / Hub repo id to load one from.
@@ -284,8 +312,6 @@ def evaluate_head(
     if split not in ("all", "train", "validation"):
         raise ValueError(f"`split` must be 'all', 'train' or 'validation', got {split!r}.")
     if split != "all":
-        from .train import split_example_ids
-
         val_fraction = training_info.get("val_fraction", 0.05) if val_fraction is None else val_fraction
         seed = training_info.get("seed", 0) if seed is None else seed
         train_ids, val_ids = split_example_ids(dataset.all_example_ids, val_fraction, seed)

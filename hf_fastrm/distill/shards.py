@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import json
 import os
 import re
@@ -402,3 +403,27 @@ def parse_shard_name(path: str) -> tuple[int, int] | None:
     """(rank, index) of a shard file name, or None for another file."""
     match = _SHARD_NAME_RE.match(os.path.basename(path))
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def split_example_ids(example_ids: list[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split by example id: an id goes to validation when a hash of the seed and
+    the id falls below `val_fraction`. At least one example goes each way when there are two or more.
+
+    Returns:
+        (train ids, validation ids), each in the order of `example_ids`.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"`val_fraction` must lie in [0, 1), got {val_fraction!r}.")
+
+    def key(example_id: str) -> float:
+        digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    keys = {example_id: key(example_id) for example_id in example_ids}
+    val = {example_id for example_id, value in keys.items() if value < val_fraction}
+    if val_fraction > 0 and len(example_ids) >= 2:
+        if not val:
+            val = {min(keys, key=keys.get)}
+        if len(val) == len(example_ids):
+            val.discard(max(keys, key=keys.get))
+    return [i for i in example_ids if i not in val], [i for i in example_ids if i in val]

@@ -11,6 +11,7 @@ place.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -23,6 +24,7 @@ from torch import nn
 from transformers.utils import logging
 
 from ..utils.io import atomic_write_text
+from .arguments import DistillArguments
 from .corpus import Corpus, CorpusExample, load_corpus
 from .launch import wants_cpu
 from .shards import (
@@ -208,6 +210,42 @@ def _input_device(model: nn.Module) -> torch.device:
 
 # ---------------------------------------------------------------------------------------------- the whole corpus
 def distill(
+    arguments: DistillArguments | str | os.PathLike | nn.Module,
+    corpus: str | os.PathLike | Corpus | Any = None,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    processor: Any = None,
+    teacher_kwargs: dict[str, Any] | None = None,
+    **options: Any,
+) -> DistillSummary:
+    """Distils teacher maps over a corpus into training shards in an output folder (resuming if shards are there).
+
+    Run it in one process, or under ``accelerate launch`` (one process per GPU, or ``--cpu``): the examples not yet
+    in a complete shard are split between the processes, each writing its own shards.
+
+    Args:
+        arguments ([`DistillArguments`], or the model): every option in one dataclass (what `hf-fastrm distill`
+            parses); or, as a shorthand, the model (a Hub id, a folder or a loaded model), with `corpus` (also a
+            [`Corpus`] or a `Dataset`), `output_dir` and the other [`DistillArguments`] fields as keyword arguments.
+        processor (*optional*): the model's processor (loaded with `AutoProcessor` from the model's path otherwise).
+        teacher_kwargs (`dict`, *optional*): more options of `hf_fastrm.teacher.gradient_relevancy`.
+
+    Returns:
+        A [`DistillSummary`].
+    """
+    if not isinstance(arguments, DistillArguments):
+        arguments = DistillArguments(model=arguments, corpus=corpus, output_dir=output_dir, **options)
+    elif corpus is not None or output_dir is not None or options:
+        raise TypeError("Pass either a DistillArguments or the model, corpus and output_dir with keyword options.")
+    values = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(arguments)}
+    token_chunk_size = values.pop("token_chunk_size")
+    teacher_kwargs = dict(teacher_kwargs or {})
+    if token_chunk_size is not None:
+        teacher_kwargs.setdefault("token_chunk_size", token_chunk_size)
+    return _distill(**values, processor=processor, teacher_kwargs=teacher_kwargs or None)
+
+
+def _distill(
     model: str | os.PathLike | nn.Module,
     corpus: str | os.PathLike | Corpus | Any,
     output_dir: str | os.PathLike,
@@ -232,10 +270,7 @@ def distill(
     teacher_kwargs: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> DistillSummary:
-    """Distils teacher maps over `corpus` into training shards in `output_dir` (resuming if shards are there).
-
-    Run it in one process, or under ``accelerate launch`` (one process per GPU, or ``--cpu``): the examples not yet
-    in a complete shard are split between the processes, each writing its own shards.
+    """[`distill`] with its options unpacked (see [`DistillArguments`]).
 
     Args:
         model: a Hub id or folder (loaded with `AutoModelForImageTextToText`), or a loaded model.

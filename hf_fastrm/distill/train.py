@@ -9,8 +9,8 @@ and the seed), so it does not depend on shard order or on the number of processe
 
 from __future__ import annotations
 
+import dataclasses
 import glob
-import hashlib
 import json
 import math
 import os
@@ -20,15 +20,17 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import get_cosine_schedule_with_warmup
 from transformers.utils import logging
 
 from ..config import FastRMConfig
 from ..constants import DEFAULT_HEAD_DIM, DEFAULT_LABEL_THRESHOLD
 from ..head import FastRMHead
 from ..utils.io import atomic_write_text
+from .arguments import TrainArguments
 from .evaluate import METRIC_NAMES, binary_metrics, confusion_counts, evaluate_dataset, make_labels
 from .launch import wants_cpu
-from .shards import ShardDataset, collate_examples
+from .shards import ShardDataset, collate_examples, split_example_ids
 
 logger = logging.get_logger(__name__)
 
@@ -56,30 +58,6 @@ class TrainSummary:
     history: list[dict[str, Any]] = field(default_factory=list)
     num_train_examples: int = 0
     num_val_examples: int = 0
-
-
-def split_example_ids(example_ids: list[str], val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Deterministic train/validation split by example id: an id goes to validation when a hash of the seed and
-    the id falls below `val_fraction`. At least one example goes each way when there are two or more.
-
-    Returns:
-        (train ids, validation ids), each in the order of `example_ids`.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"`val_fraction` must lie in [0, 1), got {val_fraction!r}.")
-
-    def key(example_id: str) -> float:
-        digest = hashlib.sha256(f"{seed}:{example_id}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
-    keys = {example_id: key(example_id) for example_id in example_ids}
-    val = {example_id for example_id, value in keys.items() if value < val_fraction}
-    if val_fraction > 0 and len(example_ids) >= 2:
-        if not val:
-            val = {min(keys, key=keys.get)}
-        if len(val) == len(example_ids):
-            val.discard(max(keys, key=keys.get))
-    return [i for i in example_ids if i not in val], [i for i in example_ids if i in val]
 
 
 class _HeadLogits(nn.Module):
@@ -127,6 +105,34 @@ def _local_batches(
 
 
 def train_head(
+    arguments: TrainArguments | str | os.PathLike | list[str | os.PathLike],
+    output_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> TrainSummary:
+    """Trains a [`FastRMHead`] on distilled shards. Run it in one process or under ``accelerate launch``.
+
+    Args:
+        arguments ([`TrainArguments`], or the shards): every option in one dataclass (what `hf-fastrm train`
+            parses); or, as a shorthand, the shard folder(s), with `output_dir` and the other [`TrainArguments`]
+            fields as keyword arguments (``train_head("shards/", "head/", epochs=3)``).
+
+    Returns:
+        A [`TrainSummary`].
+
+    Raises:
+        ValueError: for shards of different models or no training example.
+    """
+    if not isinstance(arguments, TrainArguments):
+        arguments = TrainArguments(shards=arguments, output_dir=output_dir, **options)
+    elif output_dir is not None or options:
+        raise TypeError("Pass either a TrainArguments or the shards with keyword options, not both.")
+    options = {f.name: getattr(arguments, f.name) for f in dataclasses.fields(arguments)}
+    options["resume"] = True if options["resume"] == "latest" else (options["resume"] or False)
+    options["save_total_limit"] = options["save_total_limit"] or None
+    return _train_head(**options)
+
+
+def _train_head(
     shards: str | os.PathLike | list[str | os.PathLike],
     output_dir: str | os.PathLike,
     *,
@@ -148,7 +154,7 @@ def train_head(
     save_total_limit: int | None = 2,
     show_progress: bool = True,
 ) -> TrainSummary:
-    """Trains a [`FastRMHead`] on distilled shards. Run it in one process or under ``accelerate launch``.
+    """The training loop of [`train_head`] (see [`TrainArguments`] for the options).
 
     Args:
         shards: a folder of shards written by [`distill`] (or several folders); all from one model.
@@ -205,15 +211,7 @@ def train_head(
     rank, world = accelerator.process_index, accelerator.num_processes
     steps_per_epoch = len(_local_batches(len(train_set), batch_size, 0, seed, rank, world))
     total_steps = max(1, steps_per_epoch * epochs)
-    warmup_steps = int(warmup_ratio * total_steps)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
     trainable, optimizer = accelerator.prepare(trainable, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 

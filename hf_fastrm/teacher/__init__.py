@@ -1,6 +1,10 @@
-"""The teacher: exact gradient relevancy maps (Chefer et al. 2021 as LVLM-Interpret computes them), lean and fast.
+"""The teacher: gradient relevancy maps (Chefer et al. 2021, rules 5 and 6), exact for this rule, lean and fast.
 
-See docs/teacher.md for the rule, the algorithm and its costs.
+Every token's map comes from its own gradient of the raw logit. That equals LVLM-Interpret's maps for the first
+generated token (float64, 2e-16) and differs for later ones (on 50 scenes: Pearson median 0.9999, min 0.96; argmax
+agrees on 336 of 350 tokens), because LVLM-Interpret reuses the rows it computed for earlier tokens and
+differentiates the processed score; ``hf_fastrm.methods`` method ``"lvlm-interpret"`` reproduces that rule. See
+docs/teacher.md for the rule, the algorithm and its costs.
 """
 
 from .attention import TEACHER_ATTENTION, AttentionCapture, teacher_attention_forward

@@ -322,6 +322,26 @@ def _additive_mask(
     return attention_mask.to(query.dtype)
 
 
+def sdpa_fallback(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float,
+    scaling: float | None,
+    softcap: float | None,
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, Any]:
+    """transformers' sdpa attention, for the calls a registered attention function does not handle itself (the
+    vision tower, layers not recorded)."""
+    if softcap is not None:
+        kwargs["softcap"] = softcap
+    return sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+    )
+
+
 def teacher_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -344,11 +364,7 @@ def teacher_attention_forward(
     capture = _ACTIVE_CAPTURE
     layer = capture.layer_of_module.get(id(module)) if capture is not None else None
     if layer is None:
-        if softcap is not None:
-            kwargs["softcap"] = softcap
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
+        return sdpa_fallback(module, query, key, value, attention_mask, dropout, scaling, softcap, kwargs)
     return capture.attend(layer, module, query, key, value, attention_mask, dropout, scaling, softcap, kwargs)
 
 

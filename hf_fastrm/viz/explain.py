@@ -189,6 +189,7 @@ def explain(
     output_dir: str | os.PathLike | None = None,
     max_new_tokens: int = 32,
     teacher: bool = False,
+    method: str | None = None,
     chat_template: bool | None = None,
     model_id: str | None = None,
     head_id: str | None = None,
@@ -215,7 +216,9 @@ def explain(
             ``report.json`` lists), so the folder and the new report agree.
         max_new_tokens (`int`, *optional*, defaults to 32): answer length limit.
         teacher (`bool`, *optional*, defaults to `False`): also compute the teacher's gradient maps for the same
-            tokens and show them beside the head's.
+            tokens and show them beside the main maps.
+        method (`str`, *optional*): the relevancy method of the main maps, any name registered in
+            `hf_fastrm.methods` (``"fastrm"`` with a head, ``"gradient"`` without one by default).
         chat_template (`bool`, *optional*): force (`True`) or skip (`False`) the chat template; by default it is used
             when the processor has one.
         model_id, head_id (`str`, *optional*): names written into the reports (default: the model's
@@ -271,15 +274,14 @@ def explain(
         for key, value in inputs.items()
     }
     generate_kwargs.setdefault("do_sample", False)
-    method = True if head is not None else "gradient"
-    logger.info("Generating up to %d tokens with %s maps.", max_new_tokens, "FastRM" if head else "gradient")
+    if method is None:
+        method = "fastrm" if head is not None else "gradient"
+    logger.info("Generating up to %d tokens with %s maps.", max_new_tokens, method)
     outputs = wrapper.generate(**inputs, max_new_tokens=max_new_tokens, return_relevancy=method, **generate_kwargs)
     teacher_result = None
-    if teacher and head is not None:
-        try:
-            from ..teacher import gradient_relevancy_for_outputs
-        except ImportError as error:  # pragma: no cover - the teacher ships with the package
-            raise ImportError(f"The teacher (hf_fastrm.teacher) is not available: {error}") from error
+    if teacher and method != "gradient":
+        from ..teacher import gradient_relevancy_for_outputs
+
         logger.info("Computing the teacher's gradient maps for the same tokens.")
         teacher_result = gradient_relevancy_for_outputs(base_model, outputs, inputs)
 
@@ -295,7 +297,7 @@ def explain(
         head=_head_summary(head, head_id),
         metadata={"max_new_tokens": max_new_tokens, **(metadata or {})},
     )
-    report.method = "fastrm" if head is not None else "gradient"
+    report.method = method
     if output_dir is not None:
         save_replacing_previous(report, output_dir, style=style)
     return report

@@ -12,12 +12,31 @@ import html
 import json
 import math
 import os
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from ..utils.io import atomic_write_text
-from .overlay import colormap_css_gradient
-from .report import ExplanationReport, OverlayStyle, image_bytes
+from .overlay import OverlayStyle, colormap_css_gradient, image_bytes
+
+if TYPE_CHECKING:
+    from .report import ExplanationReport
+
+_METHOD_LABELS = {
+    "fastrm": "FastRM head",
+    "gradient": "gradient relevancy (teacher)",
+    "attention": "raw attention (last layer, mean of heads)",
+    "rollout": "attention rollout",
+    "lvlm-interpret": "LVLM-Interpret's gradient relevancy",
+}
+_CAPTIONS = {
+    "fastrm": "FastRM",
+    "gradient": "Gradient relevancy",
+    "attention": "Raw attention",
+    "rollout": "Attention rollout",
+    "lvlm-interpret": "LVLM-Interpret relevancy",
+    "teacher": "Teacher (gradient relevancy)",
+}
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -172,7 +191,10 @@ def render_html_report(
     if image_format not in ("PNG", "JPEG"):
         raise ValueError(f"`image_format` must be 'PNG', 'JPEG' or 'auto', got {image_format!r}.")
 
-    methods = [("fastrm" if report.method == "fastrm" else "gradient", report.maps)]
+    main = (
+        report.method if report.method != "teacher" else "main"
+    )  # any registered method; "teacher" is the side panel
+    methods = [(main, report.maps)]
     if report.has_teacher:
         methods.append(("teacher", report.teacher_maps))
     drawn = report.drawn_grids
@@ -216,7 +238,7 @@ def render_html_report(
     if report.head:
         head_name = report.head.get("id") or f"trained for {report.head.get('base_model') or 'an unnamed model'}"
         ids.append(f"head: {head_name}")
-    ids.append("maps: FastRM head" if report.method == "fastrm" else "maps: gradient relevancy (teacher)")
+    ids.append(f"maps: {_METHOD_LABELS.get(report.method, report.method)}")
     sequence = _finite(report.sequence_confidence)
     sequence_text = "n/a" if sequence is None else f"{sequence:.3f}"
     if report.has_teacher:
@@ -239,7 +261,7 @@ def render_html_report(
         )
 
     panels = []
-    captions = {"fastrm": "FastRM", "gradient": "Gradient relevancy", "teacher": "Teacher (gradient relevancy)"}
+    captions = {**_CAPTIONS, main: _CAPTIONS.get(main, main)}
     for slot, grid_index in enumerate(drawn):
         image_index = report.grid_images[grid_index]
         for method, _ in methods:

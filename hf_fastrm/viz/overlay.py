@@ -5,7 +5,9 @@ Only numpy and PIL are used (no matplotlib), so pictures can be made anywhere th
 
 from __future__ import annotations
 
+import io
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -247,3 +249,44 @@ def overlay(
     weight = layer_array[..., 3:] / 255.0
     blended = base_array * (1.0 - weight) + layer_array[..., :3] * weight
     return Image.fromarray(np.round(blended).astype(np.uint8), mode="RGB")
+
+
+@dataclass
+class OverlayStyle:
+    """How maps are drawn in every output of a report (see [`overlay`]).
+
+    Args:
+        colormap (`str`, *optional*, defaults to ``"jet"``): colour map name.
+        alpha (`float`, *optional*, defaults to 0.5): opacity of the colour layer.
+        normalize (`bool`, *optional*, defaults to `True`): min-max each map over its cells before colouring.
+        min_size (`int`, *optional*, defaults to 256): small images are enlarged (by whole factors) until their
+            longer side reaches this many pixels, so maps of tiny scenes stay readable.
+        max_size (`int`, *optional*, defaults to 768): large images are shrunk to this longer side.
+    """
+
+    colormap: str = DEFAULT_COLORMAP
+    alpha: float = 0.5
+    normalize: bool = True
+    min_size: int | None = 256
+    max_size: int | None = 768
+
+    def draw(self, image: Image.Image, relevancy_map: torch.Tensor) -> Image.Image:
+        """`relevancy_map` `(h, w)` over `image`, sized for display."""
+        return overlay(
+            image,
+            relevancy_map,
+            alpha=self.alpha,
+            colormap=self.colormap,
+            normalize=self.normalize,
+            size=display_size(image.size, self.min_size, self.max_size),
+        )
+
+    def base(self, image: Image.Image) -> Image.Image:
+        """`image` alone at the size its overlays have."""
+        return resize_for_display(image, display_size(image.size, self.min_size, self.max_size))
+
+
+def image_bytes(image: Image.Image, image_format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, optimize=True, **({"quality": 88} if image_format == "JPEG" else {}))
+    return buffer.getvalue()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -16,7 +15,8 @@ from PIL import Image
 from transformers.utils import logging
 
 from ..utils.io import atomic_write_text, atomic_write_with
-from .overlay import DEFAULT_COLORMAP, display_size, overlay
+from .html import render_html_report
+from .overlay import OverlayStyle
 
 logger = logging.get_logger(__name__)
 
@@ -25,43 +25,6 @@ JSON_FORMAT_VERSION = 1
 
 HTML_NAME = "report.html"
 JSON_NAME = "report.json"
-
-
-@dataclass
-class OverlayStyle:
-    """How maps are drawn in every output of a report (see [`overlay`]).
-
-    Args:
-        colormap (`str`, *optional*, defaults to ``"jet"``): colour map name.
-        alpha (`float`, *optional*, defaults to 0.5): opacity of the colour layer.
-        normalize (`bool`, *optional*, defaults to `True`): min-max each map over its cells before colouring.
-        min_size (`int`, *optional*, defaults to 256): small images are enlarged (by whole factors) until their
-            longer side reaches this many pixels, so maps of tiny scenes stay readable.
-        max_size (`int`, *optional*, defaults to 768): large images are shrunk to this longer side.
-    """
-
-    colormap: str = DEFAULT_COLORMAP
-    alpha: float = 0.5
-    normalize: bool = True
-    min_size: int | None = 256
-    max_size: int | None = 768
-
-    def draw(self, image: Image.Image, relevancy_map: torch.Tensor) -> Image.Image:
-        """`relevancy_map` `(h, w)` over `image`, sized for display."""
-        return overlay(
-            image,
-            relevancy_map,
-            alpha=self.alpha,
-            colormap=self.colormap,
-            normalize=self.normalize,
-            size=display_size(image.size, self.min_size, self.max_size),
-        )
-
-    def base(self, image: Image.Image) -> Image.Image:
-        """`image` alone at the size its overlays have."""
-        from .overlay import resize_for_display
-
-        return resize_for_display(image, display_size(image.size, self.min_size, self.max_size))
 
 
 @dataclass
@@ -106,7 +69,8 @@ class ExplanationReport:
             is kept in the JSON but not drawn).
         images (`list[PIL.Image.Image]`): per image, the region the model saw (after the processor's crop); empty for
             a report read back from JSON.
-        method (`str`): ``"fastrm"`` (the head's maps) or ``"gradient"`` (the teacher's).
+        method (`str`): the registered name of the method that made `maps` (``"fastrm"``: the head's maps,
+            ``"gradient"``: the teacher's, ``"attention"``, ``"rollout"``, ``"lvlm-interpret"`` or a user's method).
         model_id (`str`, *optional*): the base model's Hub id or folder.
         head (`dict`, *optional*): the head's id and configuration summary.
         teacher_maps, teacher_confidence, teacher_sequence_confidence (*optional*): the teacher's gradient maps for
@@ -227,7 +191,12 @@ class ExplanationReport:
         steps = token_mask.shape[0]
         new_ids = outputs.sequences[batch_index, prompt_length : prompt_length + steps].cpu()
         token_ids = [int(i) for i in new_ids[:count]]
-        special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+        special_mask = getattr(outputs, "special_token_mask", None)
+        if special_mask is not None:  # the rule every method's result follows (hf_fastrm.results)
+            special = [bool(flag) for flag in special_mask[batch_index, :count].tolist()]
+        else:  # outputs assembled elsewhere: the tokenizer's special tokens
+            special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+            special = [token in special_ids for token in token_ids]
         maps = [grid[:count].detach().float().cpu() for grid in outputs.relevancy_maps(batch_index)]
         layout = outputs.image_layouts[batch_index]
         labels = list(getattr(layout, "grid_labels", None) or [])
@@ -247,7 +216,7 @@ class ExplanationReport:
             answer=tokenizer.decode(token_ids, skip_special_tokens=True).strip(),
             token_ids=token_ids,
             tokens=decode_tokens(tokenizer, token_ids),
-            special=[token in special_ids for token in token_ids],
+            special=special,
             confidence=confidence,
             sequence_confidence=float(outputs.sequence_confidence[batch_index]),
             maps=maps,
@@ -279,8 +248,6 @@ class ExplanationReport:
         Returns:
             [`ReportPaths`], also kept in `self.paths`.
         """
-        from .html import render_html_report
-
         output_dir = os.fspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         style = style or OverlayStyle()
@@ -456,12 +423,6 @@ def save_token_overlays(
 def write_image(image: Image.Image, path: str | os.PathLike, image_format: str = "PNG") -> None:
     """Saves `image` to `path` atomically."""
     atomic_write_with(path, lambda tmp: image.save(tmp, format=image_format, optimize=True))
-
-
-def image_bytes(image: Image.Image, image_format: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=image_format, optimize=True, **({"quality": 88} if image_format == "JPEG" else {}))
-    return buffer.getvalue()
 
 
 def decode_tokens(tokenizer: Any, token_ids: list[int]) -> list[str]:
