@@ -38,6 +38,7 @@ from transformers.generation.streamers import BaseStreamer
 from .architectures.base import RowImageLayout
 from .confidence import map_confidence
 from .processor import FastRMLogitsProcessor
+from .results import eos_token_ids, special_token_ids
 
 STREAMING_METHODS: tuple[str, ...] = ("fastrm",)
 """Relevancy methods whose maps exist while a token is generated (and so can stream)."""
@@ -167,8 +168,9 @@ class FastRMStreamer(BaseStreamer):
         self.timeout = timeout
         self.on_token = on_token
         self.skip_special_tokens = skip_special_tokens
-        self.eos_token_ids = set(processor._eos_ids(eos_token_id))
-        self.special_token_ids = set(processor.special_token_ids)
+        # the same rule as the finished result (hf_fastrm.results)
+        self.eos_token_ids = set(eos_token_ids(processor.model, eos_token_id))
+        self.special_token_ids = set(special_token_ids(processor.model, eos_token_id, processor.special_token_ids))
         self.queue: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self._pending: deque[tuple[torch.Tensor, torch.Tensor, list[RowImageLayout]]] = deque()

@@ -51,15 +51,9 @@ inputs = processor(images=image, text=format_prompt(question.text), return_tenso
 """,
 }
 
+
 # Failures of a snippet that another part of the project is fixing: the test is an expected failure (not strict)
 # only when the error says exactly this, and passes as soon as the fix lands.
-KNOWN_FAILURES = {
-    "Cannot find the language model of FastRMWrapper": (
-        "hf_fastrm.teacher does not accept a FastRMWrapper yet (issue 10, item 4: the teacher fix is in progress)"
-    ),
-}
-
-
 @dataclass(frozen=True)
 class Block:
     path: Path
@@ -144,10 +138,4 @@ def test_doc_block_runs(block, tmp_path, monkeypatch):
     if not toy.default_model_available() or not os.path.isdir(toy.DEFAULT_HEAD_DIR):
         pytest.skip("the shipped toy model and head are not built in this checkout")
     monkeypatch.chdir(tmp_path)
-    try:
-        _run(block)
-    except Exception as error:
-        for message, reason in KNOWN_FAILURES.items():
-            if message in str(error):
-                pytest.xfail(reason)
-        raise
+    _run(block)

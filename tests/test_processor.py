@@ -99,7 +99,7 @@ class OnlyEOS(LogitsProcessor):
 
 def test_answer_of_special_tokens_only_warns_why_sequence_confidence_is_nan(llava, head):
     inputs = tiny_llava_inputs(llava, batch_size=2)
-    logger = logging.get_logger("hf_fastrm.processor")
+    logger = logging.get_logger("hf_fastrm.results")
     with CaptureLogger(logger) as captured:
         out = FastRMWrapper(llava, head).generate(
             **inputs, **GREEDY, logits_processor=[OnlyEOS()], return_relevancy=True

@@ -37,6 +37,7 @@ from ..teacher.attention import (
 from ..teacher.attention import _probabilities as eager_probabilities
 from ..teacher.gradient import (
     _computes_own_positions,
+    _unwrap,
     extend_per_token_inputs,
     generation_position_ids,
     prompt_inputs,
@@ -118,6 +119,7 @@ def forced_sequence(
     teacher does (same positions, same per-token inputs)."""
     if not isinstance(inputs, dict) and hasattr(inputs, "keys"):
         inputs = dict(inputs)
+    model = _unwrap(model)  # a FastRMWrapper explains through its base model
     if eos_token_id is None:
         eos_token_id = call_eos_token_id(inputs)
     adapter = get_adapter(model)
