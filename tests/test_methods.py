@@ -165,3 +165,13 @@ def test_a_user_registered_method_runs_in_generate_with_the_shared_masks(llava64
     finally:
         unregister_method("test-uniform")
     assert "test-uniform" not in available_methods()
+
+
+@pytest.mark.parametrize("name", ["fastrm", "gradient", "attention", "rollout", "lvlm-interpret"])
+def test_every_method_explains_a_wrapper_as_its_base_model(llava64, head64, generated, name):
+    inputs, sequences = generated
+    init = {"head": head64} if name == "fastrm" else {}
+    on_base = get_method(name, **init).attribute(llava64, inputs, sequences)
+    on_wrapper = get_method(name, **init).attribute(FastRMWrapper(llava64, head64), inputs, sequences)
+    # the same computation in one process on the same model: equal up to float64 rounding
+    torch.testing.assert_close(on_wrapper.relevancy, on_base.relevancy, rtol=1e-9, atol=1e-12, equal_nan=True)

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..outputs import FastRMResult
 from .base import RelevancyMethod, register_method, sequences_of
-from .forward import forced_sequence, recorded_attention
+from .forward import forced_sequence, recorded_attention, unwrap_model
 
 
 @register_method
@@ -35,6 +35,7 @@ class RawAttention(RelevancyMethod):
     def attribute(
         self, model: nn.Module, inputs: dict[str, Any], outputs_or_sequences: Any, **options: Any
     ) -> FastRMResult:
+        model = unwrap_model(model)
         forced = forced_sequence(model, inputs, sequences_of(outputs_or_sequences), **options)
         num_layers = len(forced.adapter.decoder_layers(model))
         if not -num_layers <= self.layer < num_layers:

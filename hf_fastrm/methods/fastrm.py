@@ -10,7 +10,7 @@ from torch import nn
 from ..head import FastRMHead
 from ..outputs import FastRMResult
 from .base import RelevancyMethod, register_method, sequences_of
-from .forward import forced_sequence
+from .forward import forced_sequence, unwrap_model
 
 
 @register_method
@@ -48,6 +48,7 @@ class FastRM(RelevancyMethod):
     def attribute(
         self, model: nn.Module, inputs: dict[str, Any], outputs_or_sequences: Any, **options: Any
     ) -> FastRMResult:
+        model = unwrap_model(model)
         self.head.check_compatible(model.config, check_base_model=self.check_base_model)
         forced = forced_sequence(model, inputs, sequences_of(outputs_or_sequences), **options)
         norm = forced.adapter.final_norm(model)

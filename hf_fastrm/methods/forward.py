@@ -37,7 +37,6 @@ from ..teacher.attention import (
 from ..teacher.attention import _probabilities as eager_probabilities
 from ..teacher.gradient import (
     _computes_own_positions,
-    _unwrap,
     extend_per_token_inputs,
     generation_position_ids,
     prompt_inputs,
@@ -107,6 +106,13 @@ class ForcedSequence:
         )
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The base model of a [`FastRMWrapper`] (methods explain through it); any other model as it is."""
+    from ..wrapper import FastRMWrapper
+
+    return model.model if isinstance(model, FastRMWrapper) else model
+
+
 def forced_sequence(
     model: nn.Module,
     inputs: dict[str, Any],
@@ -119,7 +125,7 @@ def forced_sequence(
     teacher does (same positions, same per-token inputs)."""
     if not isinstance(inputs, dict) and hasattr(inputs, "keys"):
         inputs = dict(inputs)
-    model = _unwrap(model)  # a FastRMWrapper explains through its base model
+    model = unwrap_model(model)
     if eos_token_id is None:
         eos_token_id = call_eos_token_id(inputs)
     adapter = get_adapter(model)

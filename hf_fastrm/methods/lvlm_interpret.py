@@ -12,7 +12,7 @@ from transformers.utils import logging
 
 from ..outputs import FastRMResult
 from .base import RelevancyMethod, register_method, sequences_of
-from .forward import ForcedSequence, forced_sequence
+from .forward import ForcedSequence, forced_sequence, unwrap_model
 
 logger = logging.get_logger(__name__)
 
@@ -67,6 +67,7 @@ class LVLMInterpretRelevancy(RelevancyMethod):
         from ..teacher.gradient import _chunk_relevance
 
         inputs = dict(inputs)
+        model = unwrap_model(model)
         forced = forced_sequence(model, inputs, sequences_of(outputs_or_sequences), **options)
         processors = self.logits_processor
         if processors is None:

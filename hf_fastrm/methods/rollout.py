@@ -9,7 +9,7 @@ from torch import nn
 
 from ..outputs import FastRMResult
 from .base import RelevancyMethod, register_method, sequences_of
-from .forward import forced_sequence, recorded_attention
+from .forward import forced_sequence, recorded_attention, unwrap_model
 
 
 @register_method
@@ -38,6 +38,7 @@ class AttentionRollout(RelevancyMethod):
     ) -> FastRMResult:
         from ..teacher.gradient import select_layers
 
+        model = unwrap_model(model)
         forced = forced_sequence(model, inputs, sequences_of(outputs_or_sequences), **options)
         selected = select_layers(self.layers, len(forced.adapter.decoder_layers(model)))
         probabilities = recorded_attention(forced, selected)
