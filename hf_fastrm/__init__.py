@@ -29,6 +29,11 @@ _LAZY_IMPORTS: dict[str, str] = {
     "FastRMResult": "outputs",
     "FastRMLogitsProcessor": "processor",
     "FastRMWrapper": "wrapper",
+    "RelevancyMethod": "methods",
+    "available_methods": "methods",
+    "get_method": "methods",
+    "register_method": "methods",
+    "FastRMStreamer": "streaming",
 }
 
 __all__ = [
@@ -39,12 +44,17 @@ __all__ = [
     "FastRMHead",
     "FastRMLogitsProcessor",
     "FastRMResult",
+    "FastRMStreamer",
     "FastRMWrapper",
+    "RelevancyMethod",
     "RowImageLayout",
     "__version__",
+    "available_methods",
     "get_adapter",
+    "get_method",
     "map_confidence",
     "register_architecture",
+    "register_method",
     "sequence_confidence",
     "supported_model_types",
 ]
@@ -60,12 +70,14 @@ if TYPE_CHECKING:
     from .confidence import map_confidence, sequence_confidence
     from .config import FastRMConfig
     from .head import FastRMHead
+    from .methods import RelevancyMethod, available_methods, get_method, register_method
     from .outputs import (
         FastRMGenerateBeamDecoderOnlyOutput,
         FastRMGenerateDecoderOnlyOutput,
         FastRMResult,
     )
     from .processor import FastRMLogitsProcessor
+    from .streaming import FastRMStreamer
     from .wrapper import FastRMWrapper
 
 
