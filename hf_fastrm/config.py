@@ -15,6 +15,9 @@ from .utils.io import atomic_write_text
 
 logger = logging.get_logger(__name__)
 
+HEAD_TYPES = ("fastrm", "question_aware")
+"""Kinds of head: the paper's (`"fastrm"`, the default) and one that also reads the question (outside the paper)."""
+
 
 @dataclass
 class FastRMConfig:
@@ -42,6 +45,11 @@ class FastRMConfig:
             Evaluation metrics of the head (for example ``{"f1": 0.91}``), written to the model card.
         fastrm_version (`str`, *optional*):
             Version of hf_fastrm that wrote the config.
+        head_type (`str`, *optional*, defaults to `"fastrm"`):
+            `"fastrm"`: the paper's head (a norm and one attention head between the generated token and the image
+            tokens). `"question_aware"`: outside the paper's design, the token's query also attends over the prompt's
+            text tokens' last hidden states (the question) before scoring the image tokens; see
+            [`FastRMHead`]. Configs written before this field existed load as `"fastrm"`.
     """
 
     hidden_size: int = field(metadata={"help": "Width of the base model's last hidden states."})
@@ -56,6 +64,10 @@ class FastRMConfig:
     )
     metrics: dict[str, float] = field(default_factory=dict, metadata={"help": "Evaluation metrics of the head."})
     fastrm_version: str | None = field(default=None, metadata={"help": "hf_fastrm version that wrote the config."})
+    head_type: str = field(
+        default="fastrm",
+        metadata={"help": "'fastrm' (the paper's head) or 'question_aware' (also reads the prompt's text tokens)."},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.hidden_size, int) or self.hidden_size <= 0:
@@ -69,10 +81,20 @@ class FastRMConfig:
                 f"`feature_layer={self.feature_layer}` is not supported: FastRM heads read the final norm's output "
                 "(feature_layer=-1)."
             )
+        if self.head_type not in HEAD_TYPES:
+            raise ValueError(
+                f"`head_type` must be one of {list(HEAD_TYPES)}, got {self.head_type!r} (a head written by a newer "
+                "hf_fastrm? upgrade it)."
+            )
         if self.fastrm_version is None:
             from . import __version__
 
             self.fastrm_version = __version__
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the head also reads the prompt's text tokens (`head_type="question_aware"`)."""
+        return self.head_type == "question_aware"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -69,7 +69,7 @@ class FastRMLogitsProcessor(LogitsProcessor):
         self.special_token_ids = self._special_ids(model, special_token_ids)
         self._steps: list[torch.Tensor] = []
         self._last_input_ids: torch.Tensor | None = None
-        self._tap = HiddenStateTap(model, self.adapter, on_prefill=self._on_prefill)
+        self._tap = HiddenStateTap(model, self.adapter, on_prefill=self._on_prefill, gather_text=head.reads_text)
         self._tap.attach()
         self._finalizer = weakref.finalize(self, self._tap.detach)
 
@@ -92,10 +92,19 @@ class FastRMLogitsProcessor(LogitsProcessor):
 
     # ------------------------------------------------------------------ per step
     @torch.no_grad()
-    def _on_prefill(self, image_states: torch.Tensor) -> torch.Tensor:
+    def _on_prefill(
+        self,
+        image_states: torch.Tensor,
+        text_states: torch.Tensor | None = None,
+        text_token_mask: torch.Tensor | None = None,
+    ) -> Any:
         self._steps = []
         self._last_input_ids = None
-        return self.head.image_keys(image_states)
+        if not self.head.reads_text:
+            return self.head.image_keys(image_states)
+        if text_states is None:  # inside generate(): what the tap gathered at this prefill
+            text_states, text_token_mask = self._tap.text_states, self._tap.text_token_mask
+        return self.head.prefill_keys(image_states, text_states, text_token_mask)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
