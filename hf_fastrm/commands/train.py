@@ -43,6 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--save-total-limit", type=int, default=2, help="Checkpoints kept (0 keeps all).")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--head-type",
+        default="fastrm",
+        choices=["fastrm", "question_aware"],
+        help="'fastrm': the paper's head (default). 'question_aware': outside the paper's design, the head also "
+        "attends over the prompt's text tokens' last hidden states (needs shards written by this version of "
+        "`hf-fastrm distill`).",
+    )
     parser.set_defaults(func=run)
 
 
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         save_total_limit=args.save_total_limit or None,
         show_progress=not args.no_progress,
+        head_type=args.head_type,
     )
     if summary.metrics:
         shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.metrics.items())
