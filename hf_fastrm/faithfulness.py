@@ -350,7 +350,8 @@ def _pixel_layout(
     for row, layout in enumerate(layouts):
         if len(layout.image_grids) != 1:
             raise NotImplementedError(
-                f"Row {row} has {len(layout.image_grids)} image grids; the pixel mode needs one."
+                f"Row {row} has {len(layout.image_grids)} image grids; the pixel mode needs one image per row: use "
+                "mode='embedding'."
             )
         grid = layout.image_grids[0]
         height, width = pixel_values.shape[-2:]
