@@ -189,15 +189,18 @@ def evaluate(
         "notes": notes,
         "results": {},
         "agreement": {},
+        "paired_vs_teacher": {},
     }
     teacher_maps = np.concatenate(maps["teacher"])  # the toy model: 36 image tokens in every row
     for name in loaded:
         report["agreement"][name] = agreement(np.concatenate(maps[name]), teacher_maps, threshold)
+    differences: dict[tuple[str, str], np.ndarray] = {}  # per token: insertion area - deletion area
+    clusters = np.concatenate(scene_ids)
     for (name, mode), pieces in parts.items():
         curves = _concatenate(pieces)
+        differences[(name, mode)] = (curves.area("insertion") - curves.area("deletion")).numpy()
         kinds = _pad_kinds(kinds_per_batch, curves.token_mask.shape[1])
         groups = {kind: kinds == kind for kind in TOKEN_KINDS}
-        clusters = np.concatenate(scene_ids)
         summary = summarize_areas(curves, groups=groups, clusters=clusters, num_resamples=num_resamples, seed=seed)
         mask = curves.token_mask
         report["results"].setdefault(mode, {})[name] = {
@@ -206,6 +209,25 @@ def evaluate(
             "mean_insertion_curve": curves.curve("insertion")[mask].mean(0).tolist(),
             "fractions": curves.fractions.tolist(),
         }
+    # paired on the same tokens: (insertion - deletion) of each method minus the teacher's, scenes resampled
+    from hf_fastrm.faithfulness import bootstrap_interval
+
+    if "teacher" in method_names:
+        for mode in modes:
+            reference = differences[("teacher", mode)]
+            token_clusters = np.broadcast_to(clusters[:, None], reference.shape)
+            report["paired_vs_teacher"][mode] = {
+                name: list(
+                    bootstrap_interval(
+                        (differences[(name, mode)] - reference).ravel(),
+                        token_clusters.ravel(),
+                        num_resamples=num_resamples,
+                        seed=seed,
+                    )
+                )
+                for name in method_names
+                if name != "teacher"
+            }
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
 
@@ -264,6 +286,8 @@ def format_table(report: dict[str, Any]) -> str:
                     f"{label:<16} {numbers['num_tokens']:>6}  {shown(numbers['deletion']):<24} "
                     f"{shown(numbers['insertion']):<24} {shown(numbers['difference']):<24}"
                 )
+        for name, numbers in report.get("paired_vs_teacher", {}).get(mode, {}).items():
+            lines.append(f"{name} minus teacher, insertion - deletion (paired): {shown(numbers)}")
     lines.append("")
     for name, numbers in report["agreement"].items():
         lines.append(

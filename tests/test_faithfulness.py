@@ -208,6 +208,8 @@ def test_benchmark_on_two_toy_scenes(tmp_path):
         assert result["mean_insertion_curve"][-1] == pytest.approx(1.0)
         assert "end of sequence" not in result["summary"]  # left out unless --include-eos
     assert 0.0 <= report["agreement"]["fastrm"]["f1"] <= 1.0
+    paired = report["paired_vs_teacher"]["embedding"]
+    assert "teacher" not in paired and paired["fastrm"][1] <= paired["fastrm"][0] <= paired["fastrm"][2]
     if not with_methods:
         assert any(note.startswith("attention: skipped") for note in report["notes"])
     table = benchmark.format_table(report)
