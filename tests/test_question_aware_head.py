@@ -236,3 +236,20 @@ def test_training_a_question_aware_head_on_shards_without_text_is_refused(tmp_pa
         **example.__dict__, "example_id": "b"})], info, storage_dtype=torch.float32)  # fmt: skip
     with pytest.raises(ValueError, match="lack.*distil"):
         train_head(str(folder), tmp_path / "out", head_type="question_aware", show_progress=False)
+
+
+def test_teacher_returns_the_prompts_text_states(llava64):
+    from hf_fastrm.teacher import gradient_relevancy
+
+    inputs = tiny_llava_inputs(llava64, batch_size=2, text_lengths=[3, 6])
+    sequences = llava64.generate(**inputs, do_sample=False, max_new_tokens=2, min_new_tokens=2)
+    teacher = gradient_relevancy(llava64, inputs, sequences, return_hidden_states=True)
+    with torch.no_grad():
+        mask = inputs["attention_mask"]
+        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        last = llava64(**inputs, position_ids=position_ids, output_hidden_states=True).hidden_states[-1]
+    for row in range(2):
+        text = ((mask[row] == 1) & (inputs["input_ids"][row] != llava64.config.image_token_index)).nonzero().flatten()
+        got = teacher.text_hidden_states[row][teacher.text_token_mask[row]]
+        # float64; the teacher's forward covers the answer too (causal: prompt states unchanged) to ~1e-12
+        torch.testing.assert_close(got, last[row, text], rtol=1e-9, atol=1e-9)
