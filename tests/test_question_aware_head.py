@@ -253,3 +253,34 @@ def test_teacher_returns_the_prompts_text_states(llava64):
         got = teacher.text_hidden_states[row][teacher.text_token_mask[row]]
         # float64; the teacher's forward covers the answer too (causal: prompt states unchanged) to ~1e-12
         torch.testing.assert_close(got, last[row, text], rtol=1e-9, atol=1e-9)
+
+
+def test_shipped_question_aware_head_runs_in_generate_with_identical_tokens():
+    from hf_fastrm.toy import (
+        QUESTION_AWARE_HEAD_DIR,
+        default_model_available,
+        load_default_model,
+        load_default_processor,
+    )
+    from hf_fastrm.toy.modeling import format_prompt
+    from hf_fastrm.toy.scenes import make_examples
+
+    if not default_model_available():
+        pytest.skip("the shipped toy model is not in this tree")
+    head = FastRMHead.from_pretrained(QUESTION_AWARE_HEAD_DIR)
+    assert head.config.head_type == "question_aware" and head.config.metrics["test_f1"] > 0.79
+    model, processor = load_default_model(), load_default_processor()
+    examples = make_examples(3, seed="question-aware-test:0")
+    inputs = dict(
+        processor(
+            images=[scene.image for scene, _ in examples],
+            text=[format_prompt(question.text) for _, question in examples],
+            return_tensors="pt",
+            padding=True,
+        )
+    )
+    plain = model.generate(**inputs, do_sample=False, max_new_tokens=4)
+    out = FastRMWrapper(model, head).generate(**inputs, do_sample=False, max_new_tokens=4, return_relevancy=True)
+    assert torch.equal(out.sequences, plain)
+    first = out.relevancy[:, 0]
+    assert torch.isfinite(first).all() and ((first >= 0) & (first <= 1)).all()

@@ -12,6 +12,10 @@ Every step is the public `hf_fastrm.distill` API, as a user would run it on a re
 The head is saved with `save_pretrained` into a temporary folder next to `--output-dir` and renamed into place, with
 the held-out metrics in its ``config.metrics`` and model card. Seeded end to end: the same arguments give the same
 head on the same software.
+
+``--head-type question_aware --output-dir hf_fastrm/toy/assets/head-question-aware`` builds the second shipped head,
+the question-aware one (outside the paper's design; `hf_fastrm.toy.QUESTION_AWARE_HEAD_DIR`) on the same streams.
+``--work-dir`` keeps the corpus and shards; a later build with the same ``--work-dir`` reuses complete shards.
 """
 
 from __future__ import annotations
@@ -165,7 +169,8 @@ def build_head(
             **{f"validation_{name}": value for name, value in summary.metrics.items()},
         }
         record = {
-            "command": "python -m hf_fastrm.toy.build_head",
+            "command": "python -m hf_fastrm.toy.build_head"
+            + (f" --head-type {head_type}" if head_type != "fastrm" else ""),
             "base_model": TOY_MODEL_ID,
             "seed_streams": streams,
             "train_examples": train_examples,
