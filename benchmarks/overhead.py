@@ -81,11 +81,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--num-layers", type=int, default=None, help="override the LM depth (smoke tests)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--head-type",
+        default="fastrm",
+        choices=["fastrm", "question_aware"],
+        help="the paper's head, or the question-aware one (also attends over the prompt's text tokens)",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     model = benchmark_llava(args.preset, args.device, num_layers=args.num_layers)
-    head = random_head(model)
+    head = random_head(model, head_type=args.head_type)
     wrapper = FastRMWrapper(model, head)
     inputs = benchmark_inputs(model)
     kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     figures = {
         "preset": args.preset,
+        "head_type": args.head_type,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "image_tokens": int((inputs["input_ids"] == model.config.image_token_id).sum()),
         "prompt_tokens": int(inputs["input_ids"].shape[1]),

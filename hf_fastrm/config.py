@@ -17,6 +17,9 @@ from .utils.io import atomic_write_text
 
 logger = logging.get_logger(__name__)
 
+HEAD_TYPES = ("fastrm", "question_aware")
+"""Kinds of head: the paper's (`"fastrm"`, the default) and one that also reads the question (outside the paper)."""
+
 
 @dataclass
 class FastRMConfig:
@@ -44,6 +47,11 @@ class FastRMConfig:
             Evaluation metrics of the head (for example ``{"f1": 0.91}``), written to the model card.
         fastrm_version (`str`, *optional*):
             Version of hf_fastrm that wrote the config.
+        head_type (`str`, *optional*, defaults to `"fastrm"`):
+            `"fastrm"`: the paper's head (a norm and one attention head between the generated token and the image
+            tokens). `"question_aware"`: outside the paper's design, the token's query also attends over the prompt's
+            text tokens' last hidden states (the question) before scoring the image tokens; see
+            [`FastRMHead`]. Configs written before this field existed load as `"fastrm"`.
     """
 
     hidden_size: int = field(metadata={"help": "Width of the base model's last hidden states."})
@@ -58,6 +66,10 @@ class FastRMConfig:
     )
     metrics: dict[str, float] = field(default_factory=dict, metadata={"help": "Evaluation metrics of the head."})
     fastrm_version: str | None = field(default=None, metadata={"help": "hf_fastrm version that wrote the config."})
+    head_type: str = field(
+        default="fastrm",
+        metadata={"help": "'fastrm' (the paper's head) or 'question_aware' (also reads the prompt's text tokens)."},
+    )
 
     def __post_init__(self) -> None:
         _check_int("hidden_size", self.hidden_size, minimum=1)
@@ -94,10 +106,20 @@ class FastRMConfig:
         )
         self.layer_norm_eps, self.label_threshold = float(self.layer_norm_eps), float(self.label_threshold)
         self.metrics = {key: value if isinstance(value, int) else float(value) for key, value in self.metrics.items()}
+        if not isinstance(self.head_type, str) or self.head_type not in HEAD_TYPES:
+            raise ValueError(
+                f"`head_type` must be one of {list(HEAD_TYPES)}, got {self.head_type!r} (a head written by a newer "
+                "hf_fastrm? upgrade it)."
+            )
         if self.fastrm_version is None:
             from . import __version__
 
             self.fastrm_version = __version__
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the head also reads the prompt's text tokens (`head_type="question_aware"`)."""
+        return self.head_type == "question_aware"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

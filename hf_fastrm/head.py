@@ -9,6 +9,15 @@ states::
 
 Keys depend only on the image tokens, so generation computes them once at prefill ([`FastRMHead.image_keys`]) and
 each step costs one ``hidden x k`` projection and one ``k x N`` product ([`FastRMHead.relevance_from_keys`]).
+
+**Question-aware head** (``FastRMConfig(head_type="question_aware")``; outside the paper's design): the query also
+reads the last hidden states of the prompt's text tokens (the question and the template around it, already
+computed at prefill), through one more single-head attention whose keys and values are computed once at prefill::
+
+    c_j = W_c x_text_j;  v_j = W_v x_text_j;  a = softmax_j(q . c_j / sqrt(k))
+    q' = q + sum_j a_j v_j;  logit_i = q' . K_i / sqrt(k) + b
+
+Per step that adds one ``k x M`` and one ``M x k`` product for ``M`` text tokens (a few dozen): a few keys more.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -32,11 +41,32 @@ from .utils.io import atomic_write_with
 logger = logging.get_logger(__name__)
 
 
+class QuestionAwareKeys(NamedTuple):
+    """What a question-aware head computes once at prefill (all on the head's device and dtype).
+
+    Attributes:
+        image_keys (`(batch, image_tokens, k)`), text_keys (`(batch, text_tokens, k)`),
+        text_values (`(batch, text_tokens, k)`), text_token_mask (`(batch, text_tokens)` bool: real text tokens).
+    """
+
+    image_keys: torch.Tensor
+    text_keys: torch.Tensor
+    text_values: torch.Tensor
+    text_token_mask: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        """The image keys' shape (so callers that check ``keys.shape[0]`` work for both kinds of head)."""
+        return self.image_keys.shape
+
+
 class FastRMHead(nn.Module):
     """Predicts, for a generated token, the relevance of every image token from last hidden states.
 
     Args:
         config ([`FastRMConfig`]): the head's configuration (hidden size of the base model, width ``k``, ...).
+            ``config.head_type == "question_aware"`` adds the question attention described in the module docstring;
+            such a head needs `text_states` (the prompt's text tokens' last hidden states) wherever it runs.
 
     Example:
 
@@ -58,47 +88,123 @@ class FastRMHead(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.head_dim)
         self.bias = nn.Parameter(torch.zeros(()))
         self.scale = 1.0 / math.sqrt(config.head_dim)
+        if config.reads_text:
+            self.text_key = nn.Linear(config.hidden_size, config.head_dim)
+            self.text_value = nn.Linear(config.hidden_size, config.head_dim)
+            # starts as the paper's head: the question's contribution grows from zero during training
+            nn.init.zeros_(self.text_value.weight)
+            nn.init.zeros_(self.text_value.bias)
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether this head needs the prompt's text tokens' last hidden states (`head_type="question_aware"`)."""
+        return self.config.reads_text
 
     # ------------------------------------------------------------------ computation
     def image_keys(self, image_states: torch.Tensor) -> torch.Tensor:
         """Keys of the image tokens: ``(..., image_tokens, hidden) -> (..., image_tokens, k)``."""
         return self.key(self.norm(image_states.to(self.norm.weight.dtype)))
 
-    def logits_from_keys(self, token_states: torch.Tensor, image_keys: torch.Tensor) -> torch.Tensor:
+    def prefill_keys(
+        self,
+        image_states: torch.Tensor,
+        text_states: torch.Tensor | None = None,
+        text_token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor | QuestionAwareKeys:
+        """Everything computed once per prompt: the image keys, and for a question-aware head the text keys/values.
+
+        Args:
+            image_states (`(batch, image_tokens, hidden)`): the image tokens' last hidden states.
+            text_states (`(batch, text_tokens, hidden)`, *optional*): the prompt's text tokens' last hidden states
+                (required by a question-aware head, ignored by the paper's head).
+            text_token_mask (`(batch, text_tokens)` bool, *optional*): real text tokens (all when not given).
+
+        Returns:
+            The image keys `(batch, image_tokens, k)` for the paper's head, a [`QuestionAwareKeys`] otherwise.
+        """
+        image_keys = self.image_keys(image_states)
+        if not self.reads_text:
+            return image_keys
+        if text_states is None:
+            raise ValueError(
+                "This FastRM head is question-aware (head_type='question_aware'): it needs `text_states`, the prompt's "
+                "text tokens' last hidden states. FastRMLogitsProcessor gathers them itself; shards written by "
+                "`hf-fastrm distill` of this version hold them (older shards do not: distil again)."
+            )
+        normed = self.norm(text_states.to(self.norm.weight.dtype))
+        if text_token_mask is None:
+            text_token_mask = torch.ones(text_states.shape[:-1], dtype=torch.bool, device=text_states.device)
+        return QuestionAwareKeys(
+            image_keys, self.text_key(normed), self.text_value(normed), text_token_mask.to(normed.device).bool()
+        )
+
+    def logits_from_keys(
+        self, token_states: torch.Tensor, image_keys: torch.Tensor | QuestionAwareKeys
+    ) -> torch.Tensor:
         """Relevance logits from precomputed keys.
 
         Args:
             token_states (`torch.Tensor` of shape `(batch, hidden)` or `(batch, tokens, hidden)`):
                 last hidden states of the positions whose logits chose the generated tokens.
-            image_keys (`torch.Tensor` of shape `(batch, image_tokens, k)`): from [`FastRMHead.image_keys`].
+            image_keys (`torch.Tensor` of shape `(batch, image_tokens, k)` or [`QuestionAwareKeys`]): from
+                [`FastRMHead.image_keys`] or [`FastRMHead.prefill_keys`].
 
         Returns:
             `torch.Tensor` of shape `(batch, image_tokens)` or `(batch, tokens, image_tokens)`.
         """
         query = self.query(self.norm(token_states.to(self.norm.weight.dtype)))
-        if query.dim() == 2:
-            return torch.einsum("bk,bnk->bn", query, image_keys) * self.scale + self.bias
-        return torch.einsum("btk,bnk->btn", query, image_keys) * self.scale + self.bias
+        single = query.dim() == 2
+        if single:
+            query = query.unsqueeze(1)
+        if isinstance(image_keys, QuestionAwareKeys):
+            keys = image_keys
+            scores = torch.einsum("btk,bmk->btm", query, keys.text_keys) * self.scale
+            scores = scores.masked_fill(~keys.text_token_mask.unsqueeze(1), torch.finfo(scores.dtype).min)
+            query = query + torch.einsum("btm,bmk->btk", scores.softmax(dim=-1), keys.text_values)
+            image_keys = keys.image_keys
+        elif self.reads_text:
+            raise ValueError(
+                "This FastRM head is question-aware: build its keys with `prefill_keys(image_states, text_states)`."
+            )
+        logits = torch.einsum("btk,bnk->btn", query, image_keys) * self.scale + self.bias
+        return logits.squeeze(1) if single else logits
 
-    def relevance_from_keys(self, token_states: torch.Tensor, image_keys: torch.Tensor) -> torch.Tensor:
+    def relevance_from_keys(
+        self, token_states: torch.Tensor, image_keys: torch.Tensor | QuestionAwareKeys
+    ) -> torch.Tensor:
         """Sigmoid of [`FastRMHead.logits_from_keys`]: relevance in [0, 1], same shapes."""
         return torch.sigmoid(self.logits_from_keys(token_states, image_keys))
 
-    def forward(self, token_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        token_states: torch.Tensor,
+        image_states: torch.Tensor,
+        text_states: torch.Tensor | None = None,
+        text_token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Relevance of each image token for each token.
 
         Args:
             token_states (`torch.Tensor` of shape `(batch, hidden)` or `(batch, tokens, hidden)`)
             image_states (`torch.Tensor` of shape `(batch, image_tokens, hidden)`)
+            text_states (`torch.Tensor` of shape `(batch, text_tokens, hidden)`, *optional*): the prompt's text
+                tokens' last hidden states; required by a question-aware head, ignored by the paper's head.
+            text_token_mask (`torch.BoolTensor` of shape `(batch, text_tokens)`, *optional*): real text tokens.
 
         Returns:
             `torch.Tensor` of shape `(batch, image_tokens)` or `(batch, tokens, image_tokens)`, in [0, 1].
         """
-        return self.relevance_from_keys(token_states, self.image_keys(image_states))
+        return torch.sigmoid(self.logits(token_states, image_states, text_states, text_token_mask))
 
-    def logits(self, token_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
+    def logits(
+        self,
+        token_states: torch.Tensor,
+        image_states: torch.Tensor,
+        text_states: torch.Tensor | None = None,
+        text_token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Pre-sigmoid logits (for `binary_cross_entropy_with_logits` in training); shapes as in `forward`."""
-        return self.logits_from_keys(token_states, self.image_keys(image_states))
+        return self.logits_from_keys(token_states, self.prefill_keys(image_states, text_states, text_token_mask))
 
     # ------------------------------------------------------------------ checks
     def check_compatible(self, model_config: Any, *, check_base_model: bool = True) -> None:
@@ -235,7 +341,10 @@ class FastRMHead(nn.Module):
         return str(commit)
 
     def extra_repr(self) -> str:
-        return f"hidden_size={self.config.hidden_size}, head_dim={self.config.head_dim}"
+        return (
+            f"hidden_size={self.config.hidden_size}, head_dim={self.config.head_dim}, "
+            f"head_type={self.config.head_type!r}"
+        )
 
 
 def _short_name(name_or_path: str) -> str:

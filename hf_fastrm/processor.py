@@ -106,11 +106,11 @@ class FastRMLogitsProcessor(LogitsProcessor):
         # finalizer below would never run. The tap gets a function holding only a weak reference.
         on_prefill = weakref.WeakMethod(self._on_prefill)
 
-        def image_keys(image_states: torch.Tensor) -> torch.Tensor | None:
+        def image_keys(image_states: torch.Tensor) -> Any:
             method = on_prefill()
             return method(image_states) if method is not None else None
 
-        self._tap = HiddenStateTap(model, self.adapter, on_prefill=image_keys)
+        self._tap = HiddenStateTap(model, self.adapter, on_prefill=image_keys, gather_text=head.reads_text)
         self._tap.attach()
         self._finalizer = weakref.finalize(self, self._tap.detach)
 
@@ -129,9 +129,19 @@ class FastRMLogitsProcessor(LogitsProcessor):
 
     # ------------------------------------------------------------------ per step
     @torch.no_grad()
-    def _on_prefill(self, image_states: torch.Tensor) -> torch.Tensor:
-        """The head's keys of the image tokens, `(rows, image_tokens, hidden) -> (rows, image_tokens, k)`."""
-        return self.head.image_keys(image_states)
+    def _on_prefill(
+        self,
+        image_states: torch.Tensor,
+        text_states: torch.Tensor | None = None,
+        text_token_mask: torch.Tensor | None = None,
+    ) -> Any:
+        """The head's keys of the prompt, computed once per prefill (image keys `(rows, image_tokens, k)`; a
+        question-aware head's also over the prompt's text tokens)."""
+        if not self.head.reads_text:
+            return self.head.image_keys(image_states)
+        if text_states is None:  # inside generate(): what the tap gathered at this prefill
+            text_states, text_token_mask = self._tap.text_states, self._tap.text_token_mask
+        return self.head.prefill_keys(image_states, text_states, text_token_mask)
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:

@@ -37,6 +37,9 @@ class HiddenStateTap:
         on_prefill (`Callable[[torch.Tensor], torch.Tensor]`): called once per prefill with the image tokens'
             last hidden states, shape `(batch, image_tokens, hidden)` (zero-padded); its return value (the head's
             keys) is kept as `image_features`.
+        gather_text (`bool`, *optional*, defaults to `False`): also keep, at prefill and before `on_prefill` runs,
+            the prompt's text tokens' last hidden states (`text_states`, `(batch, text_tokens, hidden)`, and
+            `text_token_mask`; for a question-aware head, see `hf_fastrm.text_tokens.text_token_index`).
 
     Attributes after a prefill:
         layouts (`list[RowImageLayout]`), image_token_mask (`(batch, image_tokens)`), prompt_length (`int`),
@@ -48,8 +51,10 @@ class HiddenStateTap:
         model: nn.Module,
         adapter: ArchitectureAdapter,
         on_prefill: Callable[[torch.Tensor], Any] | None = None,
+        gather_text: bool = False,
     ) -> None:
         self.model = model
+        self.gather_text = gather_text
         self.adapter = adapter
         self.on_prefill = on_prefill
         self._handles: list[RemovableHandle] = []
@@ -64,6 +69,9 @@ class HiddenStateTap:
         self.prompt_length: int | None = None
         self.image_features: Any = None
         self.last_state: torch.Tensor | None = None
+        self.text_states: torch.Tensor | None = None
+        self.text_token_mask: torch.Tensor | None = None
+        self._text_index: tuple[torch.Tensor, torch.Tensor] | None = None
         self.prefill_count = 0
         self.forward_count = 0
         self._prompt_ids: torch.Tensor | None = None
@@ -225,6 +233,10 @@ class HiddenStateTap:
         self._prompt_ids = input_ids.detach()
         self._gather_index = index.to(input_ids.device)
         self.image_token_mask = mask.to(input_ids.device)
+        if self.gather_text:
+            from .text_tokens import text_token_index
+
+            self._text_index = text_token_index(self.prompt_length, layouts, kwargs.get("attention_mask"))
         self._pending_prefill = True
 
     def _norm_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -238,6 +250,13 @@ class HiddenStateTap:
             image_states = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
             image_states = image_states * self.image_token_mask.to(hidden.device).unsqueeze(-1)
             image_states = image_states.detach()
+            if self._text_index is not None:
+                from .text_tokens import gather_positions
+
+                text_index, text_mask = self._text_index
+                self.text_states = gather_positions(hidden, text_index, text_mask).detach()
+                self.text_token_mask = text_mask.to(hidden.device)
+                self._text_index = None
             self.image_features = self.on_prefill(image_states) if self.on_prefill is not None else image_states
             self._gather_index = None
         self.last_state = hidden[:, -1].detach()

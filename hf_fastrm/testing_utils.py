@@ -246,8 +246,9 @@ def benchmark_inputs(model, *, text_tokens: int = 41, batch_size: int = 1, seed:
     }
 
 
-def random_head(model, head_dim: int = 256, seed: int = 0) -> FastRMHead:
-    """A random head of the paper's shape (k=256) for `model`, on the model's device (float32)."""
+def random_head(model, head_dim: int = 256, seed: int = 0, head_type: str = "fastrm") -> FastRMHead:
+    """A random head of the paper's shape (k=256) for `model`, on the model's device (float32); `head_type`
+    ``"question_aware"`` gives the question-aware kind (`FastRMConfig`)."""
     torch.manual_seed(seed)
     config = model.config
     head = FastRMHead(
@@ -256,6 +257,7 @@ def random_head(model, head_dim: int = 256, seed: int = 0) -> FastRMHead:
             head_dim=head_dim,
             base_model_name_or_path=config._name_or_path,
             model_type=config.model_type,
+            head_type=head_type,
         )
     )
     return head.to(next(model.parameters()).device).eval()

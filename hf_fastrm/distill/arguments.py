@@ -48,6 +48,15 @@ class TrainArguments:
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers reading the shards."})
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept (0 keeps all)."})
     show_progress: bool = field(default=True, metadata={"help": "Show progress bars (--no-show-progress hides)."})
+    head_type: str = field(
+        default="fastrm",
+        metadata={
+            "help": "'fastrm': the paper's head (default). 'question_aware': outside the paper's design, the head "
+            "also attends over the prompt's text tokens' last hidden states (needs shards written by this version "
+            "of `hf-fastrm distill`).",
+            "choices": ["fastrm", "question_aware"],
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.shards, str):

@@ -212,7 +212,12 @@ def evaluate_dataset(
     for batch in logging.tqdm(loader, desc="evaluate", unit="batch", disable=not show_progress):
         labels = make_labels(batch, label_threshold)
         batch_on_device = batch.to(device)
-        logits = head.logits(batch_on_device.token_states, batch_on_device.image_states)
+        logits = head.logits(
+            batch_on_device.token_states,
+            batch_on_device.image_states,
+            batch_on_device.text_states,
+            batch_on_device.text_token_mask,
+        )
         accumulator.add(logits, labels, batch)
     metrics = accumulator.compute()
     true_positives, false_positives, true_negatives, false_negatives = (int(c) for c in accumulator.counts)

@@ -12,6 +12,9 @@ tensor                 shape                        what
 ``answer_token_ids``   ``(sum T_i,)``               the generated tokens
 ``num_image_tokens``   ``(E,)``                     ``N_i``
 ``num_tokens``         ``(E,)``                     ``T_i``
+``text_states``        ``(sum M_i, H)``             optional: last hidden states of the prompt's text tokens (what a
+                                                    question-aware head reads; written by `distill` since it exists)
+``num_text_tokens``    ``(E,)``                     ``M_i`` (with ``text_states``)
 =====================  ==========================  ==============================================================
 
 The safetensors header carries a JSON record (``fastrm_shard``) with the example ids, questions, answers and the
@@ -67,6 +70,8 @@ class ShardExample:
         token_mask (`torch.BoolTensor` of shape `(T,)`): tokens whose teacher map is usable for training.
         answer_token_ids (`torch.LongTensor` of shape `(T,)`): the generated tokens.
         question (`str`), answer (`str`): the text, for inspection.
+        text_states (`torch.Tensor` of shape `(M, H)`, *optional*): the prompt's text tokens' last hidden states
+            (shards written before question-aware heads existed lack them).
     """
 
     example_id: str
@@ -77,6 +82,7 @@ class ShardExample:
     answer_token_ids: torch.Tensor
     question: str = ""
     answer: str = ""
+    text_states: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         num_tokens, num_image_tokens = self.teacher_maps.shape
@@ -98,6 +104,8 @@ class ShardInfo:
     metadata: dict[str, Any]
     num_image_tokens: list[int] = field(default_factory=list)
     num_tokens: list[int] = field(default_factory=list)
+    num_text_tokens: list[int] | None = None
+    """Per example, ``M_i``; None for a shard without text states."""
 
     @property
     def model(self) -> dict[str, Any]:
@@ -138,6 +146,9 @@ def write_shard(
                 f"Example {example.example_id!r} has hidden states of width {example.image_states.shape[-1]}, but the "
                 f"model's hidden size is {hidden_size}."
             )
+    with_text = [example.text_states is not None for example in examples]
+    if any(with_text) and not all(with_text):
+        raise ValueError("Either every example of a shard has `text_states` or none has.")
     tensors = {
         "image_states": torch.cat([e.image_states.detach().cpu() for e in examples]).to(storage_dtype).contiguous(),
         "token_states": torch.cat([e.token_states.detach().cpu() for e in examples]).to(storage_dtype).contiguous(),
@@ -147,6 +158,9 @@ def write_shard(
         "num_image_tokens": torch.tensor([e.image_states.shape[0] for e in examples], dtype=torch.long),
         "num_tokens": torch.tensor([e.token_states.shape[0] for e in examples], dtype=torch.long),
     }
+    if all(with_text):
+        tensors["text_states"] = torch.cat([e.text_states.detach().cpu() for e in examples]).to(storage_dtype)
+        tensors["num_text_tokens"] = torch.tensor([e.text_states.shape[0] for e in examples], dtype=torch.long)
     record = {
         "version": SHARD_FORMAT_VERSION,
         **{key: model_info[key] for key in MODEL_FIELDS},
@@ -186,6 +200,8 @@ def read_shard_info(path: str | os.PathLike) -> ShardInfo:
             metadata = handle.metadata() or {}
             num_image_tokens = handle.get_tensor("num_image_tokens").tolist()
             num_tokens = handle.get_tensor("num_tokens").tolist()
+            names = set(handle.keys())
+            num_text_tokens = handle.get_tensor("num_text_tokens").tolist() if "num_text_tokens" in names else None
     except (SafetensorError, OSError, ValueError, KeyError) as error:
         raise ValueError(
             f"The shard {path!r} is unreadable ({error}). Shards are only ever renamed into place once complete, so "
@@ -205,6 +221,7 @@ def read_shard_info(path: str | os.PathLike) -> ShardInfo:
         metadata=record,
         num_image_tokens=[int(n) for n in num_image_tokens],
         num_tokens=[int(n) for n in num_tokens],
+        num_text_tokens=None if num_text_tokens is None else [int(n) for n in num_text_tokens],
     )
 
 
@@ -264,12 +281,12 @@ class ShardDataset(torch.utils.data.Dataset):
         self.infos = [read_shard_info(path) for path in paths]
         self.model_info = check_same_model(self.infos)
         keep = set(example_ids) if example_ids is not None else None
-        # (shard number, example number in shard, image row offset, token row offset, N, T)
-        self._index: list[tuple[int, int, int, int, int, int]] = []
+        # (shard number, example number in shard, image row offset, token row offset, N, T, text row offset, M)
+        self._index: list[tuple[int, int, int, int, int, int, int, int]] = []
         self.example_ids: list[str] = []
         seen: dict[str, str] = {}
         for shard_number, info in enumerate(self.infos):
-            image_offset = token_offset = 0
+            image_offset = token_offset = text_offset = 0
             for position, example_id in enumerate(info.example_ids):
                 if example_id in seen:
                     raise ValueError(
@@ -278,11 +295,24 @@ class ShardDataset(torch.utils.data.Dataset):
                     )
                 seen[example_id] = info.path
                 num_image, num_tokens = info.num_image_tokens[position], info.num_tokens[position]
+                num_text = info.num_text_tokens[position] if info.num_text_tokens is not None else -1
                 if keep is None or example_id in keep:
-                    self._index.append((shard_number, position, image_offset, token_offset, num_image, num_tokens))
+                    self._index.append(
+                        (
+                            shard_number,
+                            position,
+                            image_offset,
+                            token_offset,
+                            num_image,
+                            num_tokens,
+                            text_offset,
+                            num_text,
+                        )
+                    )
                     self.example_ids.append(example_id)
                 image_offset += num_image
                 token_offset += num_tokens
+                text_offset += max(num_text, 0)
         self._map_offsets = [self._map_offsets_of(info) for info in self.infos]
         self._handles: OrderedDict[int, Any] = OrderedDict()
 
@@ -293,6 +323,11 @@ class ShardDataset(torch.utils.data.Dataset):
             offsets.append(total)
             total += num_image * num_tokens
         return offsets
+
+    @property
+    def has_text_states(self) -> bool:
+        """Whether every shard holds the prompt's text states (what a question-aware head trains on)."""
+        return all(info.num_text_tokens is not None for info in self.infos)
 
     @property
     def all_example_ids(self) -> list[str]:
@@ -319,7 +354,9 @@ class ShardDataset(torch.utils.data.Dataset):
         return state
 
     def __getitem__(self, item: int) -> ShardExample:
-        shard_number, position, image_offset, token_offset, num_image, num_tokens = self._index[item]
+        shard_number, position, image_offset, token_offset, num_image, num_tokens, text_offset, num_text = self._index[
+            item
+        ]
         info = self.infos[shard_number]
         handle = self._handle(shard_number)
         map_offset = self._map_offsets[shard_number][position]
@@ -334,6 +371,9 @@ class ShardDataset(torch.utils.data.Dataset):
             answer_token_ids=handle.get_slice("answer_token_ids")[token_offset : token_offset + num_tokens],
             question=info.metadata.get("questions", [""] * (position + 1))[position],
             answer=info.metadata.get("answers", [""] * (position + 1))[position],
+            text_states=handle.get_slice("text_states")[text_offset : text_offset + num_text]
+            if num_text >= 0
+            else None,
         )
 
 
@@ -344,7 +384,8 @@ class ShardBatch:
     Attributes:
         image_states (`(B, N, H)`), image_token_mask (`(B, N)` bool), token_states (`(B, T, H)`),
         token_mask (`(B, T)` bool: real tokens with a usable teacher map), teacher_maps (`(B, T, N)`, NaN where
-        padded), example_ids (`list[str]`).
+        padded), example_ids (`list[str]`), text_states (`(B, M, H)`, *optional*: the prompt's text tokens, when
+        every example has them), text_token_mask (`(B, M)` bool, *optional*).
     """
 
     image_states: torch.Tensor
@@ -353,6 +394,8 @@ class ShardBatch:
     token_mask: torch.Tensor
     teacher_maps: torch.Tensor
     example_ids: list[str]
+    text_states: torch.Tensor | None = None
+    text_token_mask: torch.Tensor | None = None
 
     def to(self, device: str | torch.device) -> ShardBatch:
         return ShardBatch(
@@ -362,6 +405,8 @@ class ShardBatch:
             token_mask=self.token_mask.to(device),
             teacher_maps=self.teacher_maps.to(device),
             example_ids=self.example_ids,
+            text_states=None if self.text_states is None else self.text_states.to(device),
+            text_token_mask=None if self.text_token_mask is None else self.text_token_mask.to(device),
         )
 
     @property
@@ -389,6 +434,14 @@ def collate_examples(examples: list[ShardExample]) -> ShardBatch:
         image_token_mask[row, :num_image] = True
         token_mask[row, :num_tokens] = example.token_mask
         teacher_maps[row, :num_tokens, :num_image] = example.teacher_maps
+    text_states = text_token_mask = None
+    if all(example.text_states is not None for example in examples):
+        max_text = max(1, max(e.text_states.shape[0] for e in examples))
+        text_states = torch.zeros(batch_size, max_text, hidden, dtype=dtype)
+        text_token_mask = torch.zeros(batch_size, max_text, dtype=torch.bool)
+        for row, example in enumerate(examples):
+            text_states[row, : example.text_states.shape[0]] = example.text_states
+            text_token_mask[row, : example.text_states.shape[0]] = True
     return ShardBatch(
         image_states=image_states,
         image_token_mask=image_token_mask,
@@ -396,6 +449,8 @@ def collate_examples(examples: list[ShardExample]) -> ShardBatch:
         token_mask=token_mask,
         teacher_maps=teacher_maps,
         example_ids=[e.example_id for e in examples],
+        text_states=text_states,
+        text_token_mask=text_token_mask,
     )
 
 

@@ -157,7 +157,8 @@ def distill_batch(
 
     Returns:
         One [`ShardExample`] per example: ``image_states (N, H)``, ``token_states (T, H)``, ``teacher_maps (T, N)``
-        over the answer's generated tokens (up to and including its end-of-sequence token).
+        over the answer's generated tokens (up to and including its end-of-sequence token), and ``text_states (M, H)``
+        at the prompt's text tokens.
     """
     from ..teacher import gradient_relevancy
 
@@ -196,6 +197,7 @@ def distill_batch(
                 answer_token_ids=answer_ids,
                 question=example.question,
                 answer=tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+                text_states=teacher.text_hidden_states[row].detach().cpu()[teacher.text_token_mask[row].cpu()],
             )
         )
     return distilled

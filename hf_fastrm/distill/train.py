@@ -67,8 +67,14 @@ class _HeadLogits(nn.Module):
         super().__init__()
         self.head = head
 
-    def forward(self, token_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
-        return self.head.logits(token_states, image_states)
+    def forward(
+        self,
+        token_states: torch.Tensor,
+        image_states: torch.Tensor,
+        text_states: torch.Tensor | None = None,
+        text_token_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.head.logits(token_states, image_states, text_states, text_token_mask)
 
 
 def masked_bce_loss(
@@ -153,6 +159,7 @@ def _train_head(
     num_workers: int = 0,
     save_total_limit: int | None = 2,
     show_progress: bool = True,
+    head_type: str = "fastrm",
 ) -> TrainSummary:
     """The training loop of [`train_head`] (see [`TrainArguments`] for the options).
 
@@ -175,6 +182,8 @@ def _train_head(
         cpu (`bool`, *optional*, defaults to `False`): force the CPU even when a GPU is there.
         num_workers (`int`, *optional*, defaults to 0): DataLoader workers reading the shards.
         save_total_limit (`int`, *optional*, defaults to 2): keep only the newest checkpoints (None keeps all).
+        head_type (`str`, *optional*, defaults to ``"fastrm"``): the paper's head, or ``"question_aware"`` (outside
+            the paper: also reads the prompt's text tokens; needs shards that hold them, see `FastRMConfig`).
 
     Returns:
         A [`TrainSummary`].
@@ -196,6 +205,11 @@ def _train_head(
     train_set = ShardDataset(shards, example_ids=train_ids)
     val_set = ShardDataset(shards, example_ids=val_ids) if val_ids else None
     corpus = everything.infos[0].metadata.get("corpus")
+    if head_type == "question_aware" and not everything.has_text_states:
+        raise ValueError(
+            f"A question-aware head trains on the prompt's text states, which the shards in {shards!r} lack (written "
+            "before they were stored). Distil them again with this version of `hf-fastrm distill`."
+        )
 
     config = FastRMConfig(
         hidden_size=int(model_info["hidden_size"]),
@@ -204,6 +218,7 @@ def _train_head(
         base_model_revision=model_info["model_revision"],
         model_type=model_info["model_type"],
         label_threshold=label_threshold,
+        head_type=head_type,
     )
     head = FastRMHead(config)
     trainable = _HeadLogits(head)
@@ -229,6 +244,7 @@ def _train_head(
         "val_fraction": val_fraction,
         "seed": seed,
         "mixed_precision": mixed_precision,
+        "head_type": head_type,
     }
     state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_f1": -1.0, "best_epoch": 0, "history": []}
     checkpoint = _find_checkpoint(output_dir, resume) if resume else None
@@ -259,7 +275,7 @@ def _train_head(
             labels = make_labels(batch, label_threshold).to(accelerator.device)
             batch = batch.to(accelerator.device)
             with accelerator.autocast():
-                logits = trainable(batch.token_states, batch.image_states)
+                logits = trainable(batch.token_states, batch.image_states, batch.text_states, batch.text_token_mask)
             loss = masked_bce_loss(logits, labels, batch.valid_mask, pos_weight)
             accelerator.backward(loss)
             optimizer.step()
@@ -344,7 +360,7 @@ def _validate(
     for batch in loader:
         labels = make_labels(batch, label_threshold).to(accelerator.device)
         batch = batch.to(accelerator.device)
-        logits = head.logits(batch.token_states, batch.image_states)
+        logits = head.logits(batch.token_states, batch.image_states, batch.text_states, batch.text_token_mask)
         counts += confusion_counts(logits, labels, batch.valid_mask, decision_threshold)
     counts = accelerator.reduce(counts, "sum")
     return binary_metrics(*(int(c) for c in counts))

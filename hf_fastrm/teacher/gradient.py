@@ -82,6 +82,10 @@ class TeacherOutput:
             padding slots.
         token_hidden_states (`torch.FloatTensor` of shape `(batch, new_tokens, hidden)`, *optional*): the same at the
             position that chose each token (zero for steps after every row has ended).
+        text_hidden_states (`torch.FloatTensor` of shape `(batch, text_tokens, hidden)`, *optional*): the same at the
+            prompt's text tokens (attended, not image; `hf_fastrm.text_tokens.text_token_index`), zero in padding
+            slots; what a question-aware head reads.
+        text_token_mask (`torch.BoolTensor` of shape `(batch, text_tokens)`, *optional*): its real entries.
         layers (`list[int]`): the language-model layers whose attention entered the product.
         target (`str`): ``"logit"`` or ``"log_prob"``.
     """
@@ -90,6 +94,8 @@ class TeacherOutput:
     text_relevancy: torch.Tensor | None = None
     image_hidden_states: torch.Tensor | None = None
     token_hidden_states: torch.Tensor | None = None
+    text_hidden_states: torch.Tensor | None = None
+    text_token_mask: torch.Tensor | None = None
     layers: list[int] | None = None
     target: str = "logit"
 
@@ -224,6 +230,11 @@ def gradient_relevancy(
         token_states = hidden.new_zeros(batch, num_new, width)
         token_states[:, :steps] = hidden[:, forced.chosen_positions.to(hidden.device)]
         output.token_hidden_states = token_states
+        from ..text_tokens import gather_positions, text_token_index
+
+        text_index, text_mask = text_token_index(prompt_length, layouts, prompt_mask)
+        output.text_hidden_states = gather_positions(hidden, text_index, text_mask)
+        output.text_token_mask = text_mask.to(hidden.device)
     return output
 
 

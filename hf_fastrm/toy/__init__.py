@@ -32,6 +32,10 @@ DEFAULT_MODEL_DIR = os.path.join(ASSETS_DIR, "model")
 DEFAULT_HEAD_DIR = os.path.join(ASSETS_DIR, "head")
 """The FastRM head distilled for the shipped model."""
 
+QUESTION_AWARE_HEAD_DIR = os.path.join(ASSETS_DIR, "head-question-aware")
+"""A question-aware head for the shipped model (outside the paper's design; not the default, see
+docs/faithfulness.md). Load it with ``FastRMHead.from_pretrained(QUESTION_AWARE_HEAD_DIR)``."""
+
 _MODEL_FILES = ("config.json", "model.safetensors", "processor_config.json", "tokenizer.json")
 
 
@@ -109,6 +113,7 @@ def load_default_head(device: str | torch.device | None = None):
 __all__ = [
     "DEFAULT_HEAD_DIR",
     "DEFAULT_MODEL_DIR",
+    "QUESTION_AWARE_HEAD_DIR",
     "default_model_available",
     "load_default_head",
     "load_default_model",

@@ -12,6 +12,10 @@ Every step is the public `hf_fastrm.distill` API, as a user would run it on a re
 The head is saved with `save_pretrained` into a temporary folder next to `--output-dir` and renamed into place, with
 the held-out metrics in its ``config.metrics`` and model card. Seeded end to end: the same arguments give the same
 head on the same software.
+
+``--head-type question_aware --output-dir hf_fastrm/toy/assets/head-question-aware`` builds the second shipped head,
+the question-aware one (outside the paper's design; `hf_fastrm.toy.QUESTION_AWARE_HEAD_DIR`) on the same streams.
+``--work-dir`` keeps the corpus and shards; a later build with the same ``--work-dir`` reuses complete shards.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ def build_head(
     seed: int = 0,
     device: str = "cpu",
     show_progress: bool = True,
+    head_type: str = "fastrm",
 ) -> dict[str, Any]:
     """Builds the toy model's head and saves it in `output_dir` (replaced atomically). Returns the build record.
 
@@ -87,6 +92,8 @@ def build_head(
         head_dim, label_threshold, teacher_target, epochs, batch_size, learning_rate, val_fraction, seed: passed to
             `distill` and `train_head` (the seed also names the scene streams).
         device (`str`, *optional*, defaults to ``"cpu"``): where the teacher runs.
+        head_type (`str`, *optional*, defaults to ``"fastrm"``): the paper's head, or ``"question_aware"`` (outside
+            the paper's design: also reads the prompt's text tokens; `hf_fastrm.FastRMConfig`).
 
     Returns:
         `dict`: settings, held-out metrics, validation metrics, timings.
@@ -114,6 +121,9 @@ def build_head(
         for split, stream in streams.items():
             corpus_dir = write_corpus(os.path.join(work_dir, f"corpus-{split}"), sizes[split], stream)
             shard_dirs[split] = os.path.join(work_dir, f"shards-{split}")
+            if _complete_shards(shard_dirs[split], sizes[split]):
+                timings[f"distill_{split}_s"] = 0.0  # a kept --work-dir: the same corpus, already distilled
+                continue
             began = time.perf_counter()
             distill(
                 model,
@@ -145,6 +155,7 @@ def build_head(
             cpu=torch.device(device).type == "cpu",
             save_total_limit=1,
             show_progress=show_progress,
+            head_type=head_type,
         )
         timings["train_s"] = round(time.perf_counter() - began, 1)
         report = evaluate_head(trained_dir, shard_dirs["test"], show_progress=False)
@@ -158,12 +169,14 @@ def build_head(
             **{f"validation_{name}": value for name, value in summary.metrics.items()},
         }
         record = {
-            "command": "python -m hf_fastrm.toy.build_head",
+            "command": "python -m hf_fastrm.toy.build_head"
+            + (f" --head-type {head_type}" if head_type != "fastrm" else ""),
             "base_model": TOY_MODEL_ID,
             "seed_streams": streams,
             "train_examples": train_examples,
             "test_examples": test_examples,
             "teacher_target": teacher_target,
+            "head_type": head_type,
             "head_dim": head_dim,
             "label_threshold": label_threshold,
             "epochs": epochs,
@@ -187,10 +200,30 @@ def build_head(
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
+def _complete_shards(shard_dir: str, num_examples: int) -> bool:
+    """Whether `shard_dir` already holds `num_examples` distilled examples with the prompt's text states."""
+    from ..distill.shards import list_shards, read_shard_info
+
+    if not os.path.isdir(shard_dir):
+        return False
+    infos = [read_shard_info(path) for path in list_shards(shard_dir)]
+    return (
+        sum(len(info.example_ids) for info in infos) == num_examples
+        and bool(infos)
+        and all(info.num_text_tokens is not None for info in infos)
+    )
+
+
 def _card_description(record: dict[str, Any]) -> str:
     test = record["test_metrics"]
+    kind = (
+        "A question-aware relevancy head (outside FastRM's design: its query also attends over the prompt's text "
+        "tokens' last hidden states) for"
+        if record.get("head_type") == "question_aware"
+        else "A FastRM relevancy head (arXiv 2412.01487) for"
+    )
     return (
-        "A FastRM relevancy head (arXiv 2412.01487) for the toy LLaVA shipped in `hf_fastrm/toy/assets/model`, "
+        f"{kind} the toy LLaVA shipped in `hf_fastrm/toy/assets/model`, "
         "distilled with the `hf_fastrm.distill` pipeline by `python -m hf_fastrm.toy.build_head` (seed "
         f"{record['seed']}): {record['train_examples']} seeded scenes and questions (stream "
         f"`{record['seed_streams']['train']}`), gradient teacher maps (target `{record['teacher_target']}`), labels "
@@ -244,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--head-type",
+        default="fastrm",
+        choices=("fastrm", "question_aware"),
+        help="the paper's head, or the question-aware one (outside the paper: also reads the prompt's text tokens)",
+    )
     args = parser.parse_args(argv)
     record = build_head(
         args.output_dir,
@@ -260,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         val_fraction=args.val_fraction,
         seed=args.seed,
         device=args.device,
+        head_type=args.head_type,
     )
     test = record["test_metrics"]
     print(f"saved the head to {os.path.abspath(args.output_dir)} in {record['seconds']:.0f} s")
