@@ -232,7 +232,7 @@ def gradient_relevancy(
         output.token_hidden_states = token_states
         from ..text_tokens import gather_positions, text_token_index
 
-        text_index, text_mask = text_token_index(prompt_length, layouts, prompt_mask)
+        text_index, text_mask = text_token_index(prompt_length, layouts, forced.attention_mask[:, :prompt_length])
         output.text_hidden_states = gather_positions(hidden, text_index, text_mask)
         output.text_token_mask = text_mask.to(hidden.device)
     return output
