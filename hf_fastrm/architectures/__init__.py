@@ -3,6 +3,7 @@
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
 from .gemma3 import Gemma3Adapter
+from .generic import PlaceholderAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llama4 import Llama4Adapter
@@ -11,6 +12,7 @@ from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
+from .placeholder_families import PLACEHOLDER_FAMILIES
 from .qwen_vl import Qwen2VLAdapter
 from .registry import (
     get_adapter,
@@ -37,6 +39,8 @@ for _adapter in (
     Llama4Adapter,
 ):
     register_architecture(_adapter)
+for _instance in PLACEHOLDER_FAMILIES:
+    register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
@@ -51,6 +55,7 @@ __all__ = [
     "LlavaOnevisionAdapter",
     "Mistral3Adapter",
     "PaliGemmaAdapter",
+    "PlaceholderAdapter",
     "Qwen2VLAdapter",
     "RowImageLayout",
     "VipLlavaAdapter",
