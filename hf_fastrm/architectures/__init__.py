@@ -3,6 +3,7 @@
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
 from .gemma3 import Gemma3Adapter
+from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
@@ -39,13 +40,14 @@ for _adapter in (
     Llama4Adapter,
 ):
     register_architecture(_adapter)
-for _instance in PLACEHOLDER_FAMILIES:
+for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter()):
     register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
     "AyaVisionAdapter",
     "Gemma3Adapter",
+    "Gemma4Adapter",
     "Idefics3Adapter",
     "InternVLAdapter",
     "Llama4Adapter",

@@ -92,6 +92,8 @@ NOT_DONE: dict[str, str] = {
     "minicpm_ocr": "no placeholder id in its config (image bounds passed separately)",
     "minicpmv4_6": "no placeholder id in its config (image bounds passed separately)",
     "minicpmv4_7": "no placeholder id in its config (image bounds passed separately)",
+    "glm5_next": "generic adapter applies to its layout; the tiny model's indexed (sparse) attention layers need "
+    "MLA sizes the table does not set yet, and its attention bypasses AttentionInterface (no teacher)",
     "perception_lm": "generic adapter applies; the tiny model needs `timm` (TimmWrapper tower), not installed here",
     "fast_vlm": "generic adapter applies; the tiny model needs `timm` (FastViT tower), not installed here",
     "gemma3n": "generic adapter applies; the tiny model needs `timm` (MobileNet v5 tower), not installed here",

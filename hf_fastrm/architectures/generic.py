@@ -45,7 +45,8 @@ LANGUAGE_MODEL_PATHS = (
     "model.decoder",
     "model",
 )
-NORM_NAMES = ("norm", "final_layernorm", "final_norm", "ln_f", "norm_f", "final_layer_norm")
+NORM_NAMES = ("norm", "final_layernorm", "final_norm", "ln_f", "norm_f", "final_layer_norm", "embedding_norm")
+"""Final-norm spellings, in order (LFM2 calls its final norm ``embedding_norm``)."""
 LAYER_NAMES = ("layers", "h", "blocks")
 
 
@@ -103,6 +104,8 @@ class PlaceholderAdapter(ArchitectureAdapter):
         tested_configs: the suite's cases for it (``"<model_type>[-variant]: what it covers"``).
         teacher_support: one line for docs/supported-models.md.
         grid_description: one line for docs/supported-models.md (defaults to what this class derives).
+        patch_grids: `False` for families whose image tokens are resampled latents (perceiver, Q-Former): no patch
+            grid exists, every image is one 1-D grid whatever its token count.
     """
 
     family = "placeholder-token families (generic adapter)"
@@ -121,8 +124,10 @@ class PlaceholderAdapter(ArchitectureAdapter):
         tested_configs: tuple[str, ...] = (),
         teacher_support: str | None = None,
         grid_description: str | None = None,
+        patch_grids: bool = True,
     ) -> None:
         self.model_types = tuple(model_types)
+        self.patch_grids = patch_grids
         if family is not None:
             self.family = family
         self.tested_configs = tuple(tested_configs)
@@ -172,7 +177,7 @@ class PlaceholderAdapter(ArchitectureAdapter):
         return None if token_id == self.image_token_id(config) else token_id
 
     def merge_size(self, config: Any) -> int:
-        return _vision_value(config, "spatial_merge_size", "merge_size") or 1
+        return _vision_value(config, "spatial_merge_size", "merge_size", "merge_kernel_size") or 1
 
     # ------------------------------------------------------------------ layout
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
@@ -261,9 +266,10 @@ class PlaceholderAdapter(ArchitectureAdapter):
             return None
         return total // items
 
-    @staticmethod
-    def _count_plan(config: Any, count: int) -> MediaPlan:
+    def _count_plan(self, config: Any, count: int) -> MediaPlan:
         """A square grid when the vision config says the tower gives a square of `count` tokens, else 1-D."""
+        if not self.patch_grids:
+            return MediaPlan(count, [("", torch.arange(count))])
         side = math.isqrt(count)
         image_size = _vision_value(config, "image_size")
         patch = _vision_value(config, "patch_size")

@@ -11,6 +11,11 @@ from .generic import PlaceholderAdapter
 THW = "one (h/merge, w/merge) grid per image from `image_grid_thw`; video (t, h/merge, w/merge) from `video_grid_thw`"
 SQUARE = "one square grid per image (token count confirmed by the vision config's image and patch size)"
 NO_TEACHER = "no: hybrid decoder (Gated DeltaNet linear-attention layers have no attention map to record)"
+NO_TEACHER_CONV = "no: hybrid decoder (its short-convolution layers have no attention map to record)"
+SIZES = (
+    "one (height/(patch*merge), width/(patch*merge)) grid per image from `image_sizes` (when the products add up to "
+    "the image tokens); [IMG_BREAK]/[IMG_END] are not image tokens"
+)
 
 PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
     PlaceholderAdapter(
@@ -49,6 +54,18 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         ),
     ),
     PlaceholderAdapter(
+        ("glm4v_moe",),
+        family="GLM-4.5V (MoE)",
+        grid_description=THW + "; images only (video frames reuse the image token id)",
+        tested_configs=("glm4v_moe: MoE decoder; merged patches by image_grid_thw (1x4x4, 1x4x6, 1x6x4)",),
+    ),
+    PlaceholderAdapter(
+        ("paddleocr_vl",),
+        family="PaddleOCR-VL",
+        grid_description=THW,
+        tested_configs=("paddleocr_vl: NaViT-style tower (patches as (channels, patch, patch)), image_grid_thw",),
+    ),
+    PlaceholderAdapter(
         ("got_ocr2", "pp_chart2table"),
         family="GOT-OCR 2.0, PP-Chart2Table",
         grid_description=SQUARE,
@@ -84,6 +101,61 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
             "qwen3_5: hybrid linear/full attention decoder; image_grid_thw 1x4x4, 1x4x6, 1x6x4",
             "qwen3_5_moe: the same with a 4-expert MoE decoder",
         ),
+    ),
+    PlaceholderAdapter(
+        ("cohere_compass",),
+        family="Cohere Compass",
+        grid_description=THW,
+        tested_configs=("cohere_compass: merged patches by image_grid_thw (1x4x4, 1x4x6, 1x6x4)",),
+    ),
+    PlaceholderAdapter(
+        ("idefics2",),
+        family="Idefics2",
+        grid_description="one 1-D grid per image: perceiver-resampled latents have no patch grid",
+        patch_grids=False,
+        tested_configs=("idefics2: perceiver resampler (64 latents an image); 1 and 2 images a row",),
+    ),
+    PlaceholderAdapter(
+        ("lfm3_vl",),
+        family="LFM3-VL",
+        grid_description=THW,
+        teacher_support=NO_TEACHER_CONV,
+        tested_configs=(
+            "lfm3_vl: merged patches by image_grid_thw; LFM3 hybrid decoder (final norm `embedding_norm`)",
+        ),
+    ),
+    PlaceholderAdapter(
+        ("lighton_ocr",),
+        family="LightOnOCR",
+        grid_description=SIZES,
+        tested_configs=("lighton_ocr: Pixtral tower, image_sizes; 1 and 2 images a row",),
+    ),
+    PlaceholderAdapter(
+        ("mistral_large4",),
+        family="Mistral Large 4",
+        grid_description=SIZES,
+        tested_configs=("mistral_large4: Pixtral tower with spatial merge, MLA decoder with indexer; image_sizes",),
+    ),
+    PlaceholderAdapter(
+        ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"),
+        family="Qwen2.5-Omni / Qwen3-Omni thinkers",
+        grid_description=THW,
+        tested_configs=(
+            "qwen2_5_omni_thinker: Qwen2.5-VL-style tower, image_grid_thw 1x4x4, 1x4x6, 1x6x4 (images only)",
+            "qwen3_omni_moe_thinker: the same with the MoE thinker",
+        ),
+    ),
+    PlaceholderAdapter(
+        ("step3p7",),
+        family="Step 3.7",
+        grid_description=SQUARE,
+        tested_configs=("step3p7: at the tiny size one token an image (a 1x1 grid)",),
+    ),
+    PlaceholderAdapter(
+        ("video_llama_3",),
+        family="VideoLLaMA 3",
+        grid_description=THW + " (merge per image from `image_merge_sizes`; 1 in the tested config)",
+        tested_configs=("video_llama_3: image_grid_thw 1x4x4, 1x4x6, 1x6x4, image_merge_sizes 1",),
     ),
     PlaceholderAdapter(
         ("video_llava",),

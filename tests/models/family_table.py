@@ -43,6 +43,8 @@ SIZES: dict[str, Any] = {
     "embed_dim": 32,
     "out_hidden_size": 32,
     "projection_dim": 32,
+    "text_hidden_size": 32,
+    "projection_hidden_dim": 32,
     "moe_intermediate_size": 16,
     "num_experts": 4,
     "num_local_experts": 4,
@@ -70,12 +72,18 @@ class TableEntry:
 
     Attributes:
         model_type: ``config.model_type``; the case name is ``model_type`` (plus ``-variant``).
+        config_kwargs: passed to `AutoConfig.for_model` (sub-configs a default config leaves out, as Gemma 4's
+            ``vision_config={}``); shrunk like the rest.
         overrides: attribute -> value on the shrunk config; ``"text_config.x"`` / ``"vision_config.x"`` reach a
             sub-config.
-        pixels: ``"square"`` (`(images, channels, size, size)` with the vision config's image size) or ``"thw"``
-            (Qwen-style flattened patches with `image_grid_thw`).
+        pixels: ``"square"`` (`(images, channels, size, size)` with the vision config's image size), ``"thw"``
+            (Qwen-style flattened patches with `image_grid_thw`), ``"sizes"`` (square plus `image_sizes`), ``"5d"``
+            (`(images, 1, channels, size, size)`), or `config -> (pixel inputs, grid shapes)` for a family whose real
+            image processor builds them (the grid shapes from the processor's own numbers).
         image_size: the square images' side in pixels (defaults to the vision config's `image_size`).
         thw: the `image_grid_thw` rows of the three images, for ``pixels="thw"``.
+        patch_shape: ``"flat"`` (`(patches, channels * temporal * patch**2)`) or ``"chw"`` (`(patches, channels,
+            patch, patch)`) for ``pixels="thw"``.
         grid: the grid shape each image must get (`None`: `(features,)`, 1-D; ``"square"``: sqrt of the features;
             ``"thw"``: `(h / merge, w / merge)`); from the model's own numbers.
         extra_inputs: `(model, inputs) -> dict` of more forward inputs (`mm_token_type_ids`, ...).
@@ -87,10 +95,12 @@ class TableEntry:
 
     model_type: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    pixels: str = "square"
+    config_kwargs: dict[str, Any] = field(default_factory=dict)
+    pixels: str | Callable[[Any], tuple[dict[str, Any], list[tuple[int, ...]]]] = "square"
     image_size: int | None = None
     thw: tuple[tuple[int, int, int], ...] = ((1, 4, 4), (1, 4, 6), (1, 6, 4))
     grid: str | None = "square"
+    patch_shape: str = "flat"
     extra_inputs: Callable[[torch.nn.Module, dict[str, Any]], dict[str, Any]] | None = None
     mrope: bool = False
     teacher_issue: str | None = None
@@ -129,7 +139,9 @@ def shrink(config: Any) -> dict[str, int]:
                 current = getattr(sub, name, None)
             except Exception:
                 continue
-            if isinstance(current, int) and not isinstance(current, bool):
+            if (isinstance(current, int) and not isinstance(current, bool)) or (
+                name == "head_dim" and current is None
+            ):
                 setattr(sub, name, value)
         rope = getattr(sub, "rope_parameters", None)
         if isinstance(rope, dict) and "mrope_section" in rope:  # 3-D rotary sections must fill head_dim / 2 = 4
@@ -141,12 +153,13 @@ def shrink(config: Any) -> dict[str, int]:
         patch, size = getattr(sub, "patch_size", None), getattr(sub, "image_size", None)
         if isinstance(patch, int) and isinstance(size, int) and size > 4 * patch:
             sub.image_size = 4 * patch
-        if isinstance(getattr(sub, "vocab_size", None), int):
-            sub.vocab_size = VOCAB
+        for name in ("vocab_size", "vocab_size_per_layer_input"):
+            if isinstance(getattr(sub, name, None), int):
+                setattr(sub, name, VOCAB)
         for name in ("layer_types", "mlp_layer_types"):
             value = getattr(sub, name, None)
-            if isinstance(value, list) and len(value) > 2:
-                setattr(sub, name, value[-2:] if "full_attention" in value[-1:] else value[:2])
+            if isinstance(value, list) and len(value) > 2:  # the first kind and the first other kind (hybrids)
+                setattr(sub, name, [value[0], next((kind for kind in value if kind != value[0]), value[1])])
         for name, value in list(vars(sub).items()):
             if name.endswith(("_token_id", "_token_index")) and isinstance(value, int) and value >= FIRST_SPECIAL:
                 remap.setdefault(value, FIRST_SPECIAL + len(remap))
@@ -188,9 +201,12 @@ def pixel_inputs(entry: TableEntry, config: Any) -> tuple[dict[str, torch.Tensor
     channels = getattr(vision, "num_channels", None) or getattr(vision, "in_channels", None) or 3
     if pixel_kind(entry, config) == "thw":
         patch = vision.patch_size
-        temporal = getattr(vision, "temporal_patch_size", 1) or 1
+        temporal = getattr(vision, "temporal_patch_size", None) or getattr(vision, "patch_temporal", None) or 1
         rows = sum(t * h * w for t, h, w in entry.thw)
-        pixel_values = torch.randn(rows, channels * temporal * patch * patch, generator=generator)
+        if entry.patch_shape == "chw":
+            pixel_values = torch.randn(rows, channels, patch, patch, generator=generator)
+        else:
+            pixel_values = torch.randn(rows, channels * temporal * patch * patch, generator=generator)
         return {"pixel_values": pixel_values, "image_grid_thw": torch.tensor(entry.thw)}, len(entry.thw)
     size = entry.image_size or vision.image_size
     size = size if isinstance(size, int) else size[0]
@@ -205,6 +221,8 @@ def pixel_inputs(entry: TableEntry, config: Any) -> tuple[dict[str, torch.Tensor
 def pixel_kind(entry: TableEntry, config: Any) -> str:
     """``"thw"`` for Qwen-style towers (flattened patches and `image_grid_thw`), else the entry's kind."""
     vision = config.vision_config
+    if callable(entry.pixels):
+        return "processor"
     qwen_style = getattr(vision, "temporal_patch_size", None) or getattr(vision, "spatial_merge_size", None)
     if entry.pixels == "square" and getattr(vision, "image_size", None) is None and qwen_style:
         return "thw"
@@ -215,15 +233,22 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
     """The tiny model, its inputs (two rows: one image, then two) and the grids they must give."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    config = AutoConfig.for_model(entry.model_type)
+    config = AutoConfig.for_model(entry.model_type, **entry.config_kwargs)
     remap = shrink(config)
     for path, value in entry.overrides.items():
         set_path(config, path, value)
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(config).eval()
     config = model.config
-    pixels, num_images = pixel_inputs(entry, config)
+    if callable(entry.pixels):
+        pixels, processor_shapes = entry.pixels(config)
+        num_images = len(processor_shapes)
+    else:
+        pixels, num_images = pixel_inputs(entry, config)
+        processor_shapes = None
     base = model.model if hasattr(model.model, "get_image_features") else model
+    if "image_merge_sizes" in inspect.signature(base.get_image_features).parameters:  # VideoLLaMA3
+        pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
     with torch.no_grad():
         counts = _features_per_image(base.get_image_features(**pixels), num_images)
     image_id = config_id(config, ("image_token_id", "image_token_index"))
@@ -238,7 +263,7 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
     if entry.extra_inputs is not None:
         inputs |= entry.extra_inputs(model, inputs)
     finish_table_model(model, entry.name, remap)
-    shapes = [grid_shape(entry, config, counts[i], i) for i in range(3)]
+    shapes = processor_shapes or [grid_shape(entry, config, counts[i], i) for i in range(3)]
     expected = [[("image 0", shapes[0])], [("image 0", shapes[1]), ("image 1", shapes[2])]]
     return model, inputs, expected
 
@@ -253,7 +278,7 @@ def config_id(config: Any, names: tuple[str, ...]) -> int:
 
 def grid_shape(entry: TableEntry, config: Any, count: int, image: int) -> tuple[int, ...]:
     if entry.grid == "thw" or (entry.grid == "square" and pixel_kind(entry, config) == "thw"):
-        merge = getattr(config.vision_config, "spatial_merge_size", 1)
+        merge = merge_size(config)
         _, h, w = entry.thw[image]
         return (h // merge, w // merge)
     if entry.grid == "square":
@@ -261,6 +286,15 @@ def grid_shape(entry: TableEntry, config: Any, count: int, image: int) -> tuple[
         assert side * side == count, f"{entry.name}: {count} features per image is not a square"
         return (side, side)
     return (count,)
+
+
+def merge_size(config: Any) -> int:
+    """The vision tower's spatial merge (``spatial_merge_size``, ``merge_size`` or ``merge_kernel_size``)."""
+    for name in ("spatial_merge_size", "merge_size", "merge_kernel_size"):
+        value = getattr(config.vision_config, name, None)
+        if value:
+            return int(value[0] if isinstance(value, list | tuple) else value)
+    return 1
 
 
 def finish_table_model(model: torch.nn.Module, name: str, remap: dict[int, int]) -> None:
@@ -291,10 +325,47 @@ def table_case(entry: TableEntry) -> FamilyCase:
 
 
 # ---------------------------------------------------------------------------------------------------- the table
+def gemma4_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Gemma 4's own image processor (patch 4, pooling 2) on 16x24, 24x16 and 16x16 images, without its resize (at
+    its smallest budget, 70 soft tokens, it would upscale them): each grid is the image in 8 px pooled blocks."""
+    from family_builders import images
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    patch, kernel = 4, 2
+    processor = Gemma4ImageProcessorPil(patch_size=patch, pooling_kernel_size=kernel, max_soft_tokens=70)
+    sizes = [(16, 24), (24, 16), (16, 16)]
+    out = processor(images=images(*sizes), do_resize=False, return_tensors="pt")
+    shapes = [(h // (patch * kernel), w // (patch * kernel)) for h, w in sizes]
+    assert [h * w for h, w in shapes] == list(out["num_soft_tokens_per_image"])
+    return {"pixel_values": out["pixel_values"], "image_position_ids": out["image_position_ids"]}, shapes
+
+
+GEMMA4 = {
+    "vision_config.patch_size": 4,
+    "vision_config.pooling_kernel_size": 2,
+    "vision_config.position_embedding_size": 64,
+}
+MISTRAL_LARGE4 = {
+    "text_config.qk_rope_head_dim": 4,
+    "text_config.head_dim": 4,
+    "text_config.qk_nope_head_dim": 4,
+    "text_config.qk_head_dim": 8,
+    "text_config.v_head_dim": 8,
+    "text_config.num_key_value_heads": 4,
+    "text_config.index_head_dim": 8,
+    "text_config.index_n_heads": 2,
+    "text_config.rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+}
+MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
+PER_LAYER_ROPE = {
+    name: {"rope_type": "default", "rope_theta": 10000.0} for name in ("full_attention", "sliding_attention")
+}
+HYBRID = "hybrid decoder: its linear-attention / convolution layers have no attention map for the teacher to record"
 GLM_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
 GLM = {"text_config.rope_parameters": GLM_ROPE}
 
 TABLE: list[TableEntry] = [
+    TableEntry("gemma4", config_kwargs={"vision_config": {}}, overrides=GEMMA4, pixels=gemma4_pixels),
     TableEntry("cohere2_vision", notes="SigLIP tower, pixel shuffle; square images"),
     TableEntry("cosmos3_omni", pixels="thw", mrope=True, notes="Qwen3-VL tower; 3 images by image_grid_thw"),
     TableEntry("deepseek_vl", notes="SigLIP tower; square images"),
@@ -303,12 +374,34 @@ TABLE: list[TableEntry] = [
     TableEntry("glm46v", pixels="thw", overrides=GLM, mrope=True, notes="GLM-4.6V"),
     TableEntry("glm_ocr", pixels="thw", overrides=GLM, mrope=True, notes="GLM-OCR"),
     TableEntry("glmga", pixels="thw", overrides=GLM, mrope=True, notes="GLM-4.6V class under another type"),
+    TableEntry(
+        "glm4v_moe",
+        pixels="thw",
+        overrides={**GLM, "text_config.partial_rotary_factor": 1.0},
+        mrope=True,
+        notes="GLM-4.5V MoE",
+    ),
+    TableEntry("paddleocr_vl", pixels="thw", patch_shape="chw", overrides=GLM, mrope=True),
     TableEntry("got_ocr2", notes="SAM-like tower compressed to one token an image at this size"),
     TableEntry("hyperclovax_vision_v2", pixels="thw", mrope=True, notes="Qwen2.5-VL tower"),
     TableEntry("ovis2", notes="visual-embedding-table tower; square images"),
     TableEntry("pp_chart2table", notes="GOT-OCR2 model class"),
     TableEntry("qianfan_ocr", notes="InternVL-style tower, one tile an image"),
     TableEntry("video_llava", notes="CLIP towers for images and videos; images here"),
+    TableEntry("mistral_large4", pixels="sizes", overrides=MISTRAL_LARGE4, notes="Pixtral tower, MLA decoder"),
+    TableEntry(
+        "qwen2_5_omni_thinker",
+        pixels="thw",
+        mrope=True,
+        overrides={"vision_start_token_id": 250, "text_config.rope_parameters": MROPE},
+    ),
+    TableEntry("qwen3_omni_moe_thinker", pixels="thw", mrope=True, overrides={"vision_start_token_id": 250}),
+    TableEntry("video_llama_3", pixels="thw", mrope=False, notes="image_merge_sizes 1"),
+    TableEntry("step3p7", overrides={"text_config.sliding_window": 64}),
+    TableEntry("lighton_ocr", pixels="sizes"),
+    TableEntry("cohere_compass", pixels="thw", mrope=True, overrides={"text_config.rope_parameters": PER_LAYER_ROPE}),
+    TableEntry("idefics2", pixels="5d", grid=None, notes="perceiver latents: 1-D"),
+    TableEntry("lfm3_vl", pixels="thw", teacher_issue=HYBRID),
     TableEntry(
         "qwen3_5",
         pixels="thw",
