@@ -12,6 +12,7 @@ encode each image into a run of features and write them over placeholder tokens 
     ``(h / merge, w / merge)`` grid per image, ``(t, h / merge, w / merge)`` per video;
   - ``image_sizes`` (pixels) with the tower's patch size and merge size: ``(height / (patch * merge), width /
     (patch * merge))`` when that product is the image's token count;
+  - ``spatial_shapes`` (patch rows and columns, SigLIP2 NaFlex towers) over ``downsample_factor``, likewise checked;
   - otherwise each image's token count (the placeholder run between non-placeholder tokens, or the batch's tokens
     shared evenly by the images the pixel values hold): a square grid when the vision config says the tower
     outputs a square of that many tokens (``(image_size / patch_size / k)^2`` for an integer pooling ``k``);
@@ -205,6 +206,12 @@ class PlaceholderAdapter(ArchitectureAdapter):
                 num_items=len(grid_thw),
                 family=family,
             )
+        if kind == "image" and kwargs.get("spatial_shapes") is not None:
+            plans = self._spatial_shape_plans(config, kwargs["spatial_shapes"], positions)
+            if plans is not None:
+                return assign_media(
+                    positions, lambda item, row: plans[item], kind=kind, num_items=len(plans), family=family
+                )
         if kind == "image" and kwargs.get("image_sizes") is not None:
             plans = self._image_size_plans(config, kwargs["image_sizes"], positions)
             if plans is not None:
@@ -251,6 +258,15 @@ class PlaceholderAdapter(ArchitectureAdapter):
         except (TypeError, IndexError, ValueError):
             return None
         if sum(h * w for h, w in shapes) != sum(int(p.numel()) for p in positions):
+            return None
+        return [MediaPlan(h * w, [("", torch.arange(h * w).view(h, w))]) for h, w in shapes]
+
+    def _spatial_shape_plans(self, config: Any, spatial_shapes: Any, positions: list[torch.Tensor]) -> list | None:
+        """Per image a `(rows / f, cols / f)` grid from `spatial_shapes` (patch rows and columns, SigLIP2 NaFlex)
+        and the pixel-unshuffle factor ``f`` (``downsample_factor``), if those products are the image tokens."""
+        factor = int(getattr(config, "downsample_factor", None) or 1)
+        shapes = [(int(h) // factor, int(w) // factor) for h, w in per_item_list(spatial_shapes)]
+        if not shapes or sum(h * w for h, w in shapes) != sum(int(p.numel()) for p in positions):
             return None
         return [MediaPlan(h * w, [("", torch.arange(h * w).view(h, w))]) for h, w in shapes]
 

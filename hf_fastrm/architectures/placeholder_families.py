@@ -17,7 +17,32 @@ SIZES = (
     "the image tokens); [IMG_BREAK]/[IMG_END] are not image tokens"
 )
 
+NAFLEX = (
+    "one (rows/f, cols/f) grid per image from `spatial_shapes` (f = downsample_factor, pixel unshuffle, row-major)"
+)
+
 PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
+    PlaceholderAdapter(
+        ("aria",),
+        family="Aria",
+        grid_description="one 1-D grid per image: a cross-attention projector with learned queries has no patch grid",
+        patch_grids=False,
+        tested_configs=("aria: Idefics3 tower, 4 learned queries an image, MoE decoder; 1 and 2 images a row",),
+    ),
+    PlaceholderAdapter(
+        ("kimi_k25",),
+        family="Kimi K2.5",
+        grid_description=THW + " (merge from `merge_kernel_size`)",
+        tested_configs=(
+            "kimi_k25: MoonViT-style tower (patches as (channels, patch, patch)), MLA decoder; thw grids",
+        ),
+    ),
+    PlaceholderAdapter(
+        ("lfm2_vl",),
+        family="LFM2-VL",
+        grid_description=NAFLEX,
+        tested_configs=("lfm2_vl: SigLIP2 NaFlex tower, 4x4, 4x6, 6x4 patches, downsample 2; LFM2 hybrid decoder",),
+    ),
     PlaceholderAdapter(
         ("cohere2_vision",),
         family="Cohere2 Vision (Command A Vision)",

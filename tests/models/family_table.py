@@ -45,6 +45,8 @@ SIZES: dict[str, Any] = {
     "projection_dim": 32,
     "text_hidden_size": 32,
     "projection_hidden_dim": 32,
+    "projection_hidden_size": 32,
+    "projector_hidden_size": 32,
     "moe_intermediate_size": 16,
     "num_experts": 4,
     "num_local_experts": 4,
@@ -87,6 +89,8 @@ class TableEntry:
         grid: the grid shape each image must get (`None`: `(features,)`, 1-D; ``"square"``: sqrt of the features;
             ``"thw"``: `(h / merge, w / merge)`); from the model's own numbers.
         extra_inputs: `(model, inputs) -> dict` of more forward inputs (`mm_token_type_ids`, ...).
+        extra_pixels: `(config, pixel inputs) -> dict` of more image inputs the tower needs (a high-resolution
+            copy, a pixel mask).
         mrope: the model computes its own position ids.
         teacher_issue: why the teacher fails on this family (the test is then an xfail).
         slow: keep the case out of the default run.
@@ -102,6 +106,7 @@ class TableEntry:
     grid: str | None = "square"
     patch_shape: str = "flat"
     extra_inputs: Callable[[torch.nn.Module, dict[str, Any]], dict[str, Any]] | None = None
+    extra_pixels: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
     mrope: bool = False
     teacher_issue: str | None = None
     slow: bool = False
@@ -246,6 +251,8 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
     else:
         pixels, num_images = pixel_inputs(entry, config)
         processor_shapes = None
+    if entry.extra_pixels is not None:
+        pixels |= entry.extra_pixels(config, pixels)
     base = model.model if hasattr(model.model, "get_image_features") else model
     if "image_merge_sizes" in inspect.signature(base.get_image_features).parameters:  # VideoLLaMA3
         pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
@@ -345,6 +352,39 @@ GEMMA4 = {
     "vision_config.pooling_kernel_size": 2,
     "vision_config.position_embedding_size": 64,
 }
+
+
+def naflex_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """SigLIP2 NaFlex inputs as its image processor lays them out: per image its patches row-major, padded to the
+    largest, with `spatial_shapes` (patch rows, columns) and `pixel_attention_mask`; 4x4, 4x6 and 6x4 patches."""
+    vision = config.vision_config
+    shapes = [(4, 4), (4, 6), (6, 4)]
+    width = vision.num_channels * vision.patch_size**2
+    longest = max(h * w for h, w in shapes)
+    pixel_values = torch.zeros(len(shapes), longest, width)
+    mask = torch.zeros(len(shapes), longest, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+    for index, (h, w) in enumerate(shapes):
+        pixel_values[index, : h * w] = torch.randn(h * w, width, generator=generator)
+        mask[index, : h * w] = 1
+    factor = config.downsample_factor
+    inputs = {"pixel_values": pixel_values, "spatial_shapes": torch.tensor(shapes), "pixel_attention_mask": mask}
+    return inputs, [(h // factor, w // factor) for h, w in shapes]
+
+
+def high_res_copy(config: Any, pixels: dict[str, Any]) -> dict[str, Any]:
+    """DeepSeek-VL hybrid: the same images at the SAM tower's resolution."""
+    size = config.high_res_vision_config.image_size
+    images = pixels["pixel_values"]
+    return {"high_res_pixel_values": torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear")}
+
+
+def full_pixel_mask(config: Any, pixels: dict[str, Any]) -> dict[str, Any]:
+    """Idefics3-style `pixel_attention_mask`: every pixel real (`(batch, images, height, width)`)."""
+    values = pixels["pixel_values"]
+    return {"pixel_attention_mask": torch.ones(*values.shape[:2], *values.shape[-2:], dtype=torch.bool)}
+
+
 MISTRAL_LARGE4 = {
     "text_config.qk_rope_head_dim": 4,
     "text_config.head_dim": 4,
@@ -388,6 +428,19 @@ TABLE: list[TableEntry] = [
     TableEntry("pp_chart2table", notes="GOT-OCR2 model class"),
     TableEntry("qianfan_ocr", notes="InternVL-style tower, one tile an image"),
     TableEntry("video_llava", notes="CLIP towers for images and videos; images here"),
+    TableEntry("lfm2_vl", pixels=naflex_pixels, overrides={"vision_config.num_patches": 64}),
+    TableEntry("kimi_k25", pixels="thw", patch_shape="chw", overrides=MISTRAL_LARGE4),
+    TableEntry(
+        "aria",
+        overrides={
+            "projector_patch_to_query_dict": {16: 4},
+            "max_value_projector_patch_to_query_dict": 4,
+            "text_config.intermediate_size": 64,
+            "text_config.moe_intermediate_size": 16,
+        },
+        grid=None,
+        notes="cross-attention projector with learned queries: 1-D",
+    ),
     TableEntry("mistral_large4", pixels="sizes", overrides=MISTRAL_LARGE4, notes="Pixtral tower, MLA decoder"),
     TableEntry(
         "qwen2_5_omni_thinker",
