@@ -5,6 +5,7 @@ from .base import ArchitectureAdapter, RowImageLayout
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
+from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llama4 import Llama4Adapter
@@ -40,7 +41,7 @@ for _adapter in (
     Llama4Adapter,
 ):
     register_architecture(_adapter)
-for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter()):
+for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "AyaVisionAdapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
+    "HunYuanVLAdapter",
     "Idefics3Adapter",
     "InternVLAdapter",
     "Llama4Adapter",

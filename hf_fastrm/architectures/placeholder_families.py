@@ -62,6 +62,18 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         tested_configs=("deepseek_vl: SigLIP tower; 1 and 2 images a row",),
     ),
     PlaceholderAdapter(
+        ("deepseek_vl_hybrid",),
+        family="DeepSeek-VL hybrid",
+        grid_description=SQUARE,
+        tested_configs=("deepseek_vl_hybrid: SigLIP low-res + SAM high-res towers; 1 and 2 images a row",),
+    ),
+    PlaceholderAdapter(
+        ("granite_docling",),
+        family="Granite-Docling",
+        grid_description=SQUARE + "; one grid per tile (the tile arrangement is not among the forward's inputs)",
+        tested_configs=("granite_docling: one tile an image (pixel shuffle leaves one token at the tiny size)",),
+    ),
+    PlaceholderAdapter(
         ("exaone4_5",),
         family="EXAONE 4.5",
         grid_description=THW,

@@ -379,10 +379,9 @@ def high_res_copy(config: Any, pixels: dict[str, Any]) -> dict[str, Any]:
     return {"high_res_pixel_values": torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear")}
 
 
-def full_pixel_mask(config: Any, pixels: dict[str, Any]) -> dict[str, Any]:
-    """Idefics3-style `pixel_attention_mask`: every pixel real (`(batch, images, height, width)`)."""
-    values = pixels["pixel_values"]
-    return {"pixel_attention_mask": torch.ones(*values.shape[:2], *values.shape[-2:], dtype=torch.bool)}
+def tile_mask(config: Any, pixels: dict[str, Any]) -> dict[str, Any]:
+    """Granite-Docling's `pixel_attention_mask`: every tile real (`(batch, tiles)`)."""
+    return {"pixel_attention_mask": torch.ones(pixels["pixel_values"].shape[:2], dtype=torch.bool)}
 
 
 MISTRAL_LARGE4 = {
@@ -409,6 +408,13 @@ TABLE: list[TableEntry] = [
     TableEntry("cohere2_vision", notes="SigLIP tower, pixel shuffle; square images"),
     TableEntry("cosmos3_omni", pixels="thw", mrope=True, notes="Qwen3-VL tower; 3 images by image_grid_thw"),
     TableEntry("deepseek_vl", notes="SigLIP tower; square images"),
+    TableEntry(
+        "deepseek_vl_hybrid",
+        extra_pixels=high_res_copy,
+        overrides={"high_res_vision_config.global_attn_indexes": [0]},
+        notes="SigLIP + SAM towers",
+    ),
+    TableEntry("granite_docling", pixels="5d", extra_pixels=tile_mask, notes="one tile an image"),
     TableEntry("exaone4_5", pixels="thw", mrope=True, notes="merged patches by image_grid_thw"),
     TableEntry("glm4v", pixels="thw", overrides=GLM, mrope=True, notes="GLM-4.1V; merged patches by image_grid_thw"),
     TableEntry("glm46v", pixels="thw", overrides=GLM, mrope=True, notes="GLM-4.6V"),
@@ -423,6 +429,7 @@ TABLE: list[TableEntry] = [
     ),
     TableEntry("paddleocr_vl", pixels="thw", patch_shape="chw", overrides=GLM, mrope=True),
     TableEntry("got_ocr2", notes="SAM-like tower compressed to one token an image at this size"),
+    TableEntry("hunyuan_vl", pixels="thw", overrides=GLM, mrope=True, notes="newline per merged row, begin/end features"),
     TableEntry("hyperclovax_vision_v2", pixels="thw", mrope=True, notes="Qwen2.5-VL tower"),
     TableEntry("ovis2", notes="visual-embedding-table tower; square images"),
     TableEntry("pp_chart2table", notes="GOT-OCR2 model class"),
