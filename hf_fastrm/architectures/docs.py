@@ -94,10 +94,35 @@ NOT_DONE: dict[str, str] = {
     "minicpmv4_7": "no placeholder id in its config (image bounds passed separately)",
     "glm5_next": "generic adapter applies to its layout; the tiny model's indexed (sparse) attention layers need "
     "MLA sizes the table does not set yet, and its attention bypasses AttentionInterface (no teacher)",
-    "perception_lm": "generic adapter applies; the tiny model needs `timm` (TimmWrapper tower), not installed here",
-    "fast_vlm": "generic adapter applies; the tiny model needs `timm` (FastViT tower), not installed here",
-    "gemma3n": "generic adapter applies; the tiny model needs `timm` (MobileNet v5 tower), not installed here",
-    "inkling_mm_model": "generic adapter applies; the model needs `scipy`, not installed here",
+    "perception_lm": "untested: the generic adapter applies; the tiny model needs `timm` (TimmWrapper tower), not "
+    "installed here",
+    "fast_vlm": "untested: the generic adapter applies; the tiny model needs `timm` (FastViT tower), not installed here",
+    "gemma3n": "untested: the generic adapter applies; the tiny model needs `timm` (MobileNet v5 tower), not installed "
+    "here",
+    "inkling_mm_model": "untested: the generic adapter applies; the model needs `scipy`, not installed here",
+    "janus": "`JanusForConditionalGeneration.generate()` drops `logits_processor` in text mode (transformers 5.24), "
+    "so FastRM's processor never runs; the layout itself is the generic one (square SigLIP grid)",
+    "diffusion_gemma": "block diffusion (`DiffusionGemmaForBlockDiffusion`), not autoregressive `generate()`",
+    "gemma4_unified": "untested: the Gemma 4 adapter's layout should apply; the table's tiny config does not build "
+    "yet (its patch embedder's width differs from Gemma 4's)",
+    "hy_v4_vl": "untested: its tower writes a different number of features per image than `image_grid_thw` / merge "
+    "(extra features like HunYuanVL's); needs a family adapter",
+    "cosmos3_edge": "untested: the tiny model's rope index expects more tokens per image than its tower gives at the "
+    "table's sizes",
+    "ernie4_5_vl_moe": "untested: its 3-D rotary split needs sizes the table does not set yet",
+    "inkling2": "untested: its tower expects (patch rows, patch cols, channels) pixel layouts the table does not build",
+    "inkling2_loop": "untested: as inkling2",
+    "muse_glimmer": "untested: its projector's output width is not derived from the shrunk config",
+    "muse_spark": "untested: as muse_glimmer",
+    "granite4_vision": "untested: its Q-Former downsamplers need a `deepstack_layer_map` the table does not set",
+    "apertus1p5": "untested: images go through a VQ vision tokenizer (no patch tower in the config)",
+    "deepseek_ocr2": "untested: its SAM-style tower has no `image_size`/`patch_size` in the config for the table",
+    "unlimited_ocr": "untested: as deepseek_ocr2",
+    "molmo2": "untested: the generic adapter applies to its positions; its forward needs `image_token_pooling` and "
+    "`image_grids` from its processor, which the table does not build",
+    "fuyu": "untested: image patches are embedded directly (no vision tower config); placeholder and newline tokens "
+    "need a family adapter",
+    "qwen4_exp": "untested: its text decoder ends in a hyper-connection mixer, not a final norm the tap can hook",
 }
 
 
@@ -132,7 +157,7 @@ def render() -> str:
         model_class = mapping.get(model_type, "(registered, not in the mapping)")
         if adapter is None:
             why = NOT_DONE.get(model_type)
-            status = f"no: {why}" if why else "untested"
+            status = "untested" if not why else why if why.startswith("untested") else f"no: {why}"
             cells = [f"`{model_type}`", model_class, "-", status, "-", "-", "-", "-"]
         else:
             tested = _tested(adapter, model_type)

@@ -74,6 +74,14 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         tested_configs=("granite_docling: one tile an image (pixel shuffle leaves one token at the tiny size)",),
     ),
     PlaceholderAdapter(
+        ("dots3_note",),
+        family="dots3 note",
+        grid_description=THW,
+        teacher_support="no: the teacher's attention capture fails on its MLA/indexer attention (the recorded "
+        "attention does not reshape to (batch, heads, rows, keys)); FastRM is unaffected",
+        tested_configs=("dots3_note: merged patches by image_grid_thw (1x4x4, 1x4x6, 1x6x4); MLA decoder",),
+    ),
+    PlaceholderAdapter(
         ("exaone4_5",),
         family="EXAONE 4.5",
         grid_description=THW,
@@ -116,6 +124,12 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         family="HyperCLOVA X Vision v2",
         grid_description=THW,
         tested_configs=("hyperclovax_vision_v2: Qwen2.5-VL tower, image_grid_thw 1x4x4, 1x4x6, 1x6x4",),
+    ),
+    PlaceholderAdapter(
+        ("minimax_m3_vl",),
+        family="MiniMax M3 VL",
+        grid_description=THW,
+        tested_configs=("minimax_m3_vl: merged patches by image_grid_thw; sparse MoE decoder",),
     ),
     PlaceholderAdapter(
         ("ovis2",),

@@ -61,6 +61,14 @@ SIZES: dict[str, Any] = {
     "qk_rope_head_dim": 4,
     "qk_nope_head_dim": 4,
     "v_head_dim": 8,
+    "qk_head_dim": 8,
+    "index_head_dim": 8,
+    "index_n_heads": 2,
+    "swa_head_dim": 8,
+    "dense_intermediate_size": 37,
+    "shared_intermediate_size": 16,
+    "shared_experts_intermediate_size": 16,
+    "merged_hidden_size": 128,
     "max_position_embeddings": 512,
     "max_window_layers": 2,
     "sliding_window": 64,
@@ -429,7 +437,9 @@ TABLE: list[TableEntry] = [
     ),
     TableEntry("paddleocr_vl", pixels="thw", patch_shape="chw", overrides=GLM, mrope=True),
     TableEntry("got_ocr2", notes="SAM-like tower compressed to one token an image at this size"),
-    TableEntry("hunyuan_vl", pixels="thw", overrides=GLM, mrope=True, notes="newline per merged row, begin/end features"),
+    TableEntry(
+        "hunyuan_vl", pixels="thw", overrides=GLM, mrope=True, notes="newline per merged row, begin/end features"
+    ),
     TableEntry("hyperclovax_vision_v2", pixels="thw", mrope=True, notes="Qwen2.5-VL tower"),
     TableEntry("ovis2", notes="visual-embedding-table tower; square images"),
     TableEntry("pp_chart2table", notes="GOT-OCR2 model class"),
@@ -447,6 +457,23 @@ TABLE: list[TableEntry] = [
         },
         grid=None,
         notes="cross-attention projector with learned queries: 1-D",
+    ),
+    TableEntry(
+        "minimax_m3_vl",
+        pixels="thw",
+        overrides={
+            "text_config.intermediate_size": 64,
+            "text_config.dense_intermediate_size": 64,
+            "text_config.moe_intermediate_size": 16,
+        },
+        notes="grouped expert matmuls need 16-byte strides: widths 64 and 16",
+    ),
+    TableEntry(
+        "dots3_note",
+        pixels="thw",
+        overrides={"vision_config.adapter_in_dim": 32, "vision_config.adapter_out_dim": 32},
+        teacher_issue="the teacher's attention capture fails on its MLA/indexer attention (a reshape of the recorded "
+        "attention to (batch, heads, rows, keys) does not fit)",
     ),
     TableEntry("mistral_large4", pixels="sizes", overrides=MISTRAL_LARGE4, notes="Pixtral tower, MLA decoder"),
     TableEntry(
