@@ -22,11 +22,17 @@ in `image_layouts[row].grid_labels` (`"image 0"`, `"image 0 base"`, `"image 0 ti
 
 Layouts are computed at prefill from `input_ids` and the processor outputs generate() was given (`image_sizes`,
 `image_grid_thw`, `batch_num_images`, ...; transformers 5.x hands those to the model's `get_image_features` before
-prefill, and the tap records them there). Every family below is tested in `tests/models/` with a tiny model, its
-real processor built offline (or the processor's own token layout where the processor needs torchvision), several
-images of several sizes: identical tokens with and without FastRM, maps equal to the head on a separate forward's
-hidden states at the layout's positions, and a locality check (with the vision tower's attention silenced, each
-grid cell's token must see the part of the image the cell stands for).
+prefill, and the tap records them there). Every type marked FastRM "yes" is tested in `tests/models/` with a
+tiny model: identical tokens with and without FastRM, maps equal to the head on a separate forward's hidden states at
+the layout's positions, the FastRM logits processor reused across calls, and the teacher on the same grids. The
+hand-written builders (`family_builders.py`: the LLaVA, Qwen-VL, Idefics3, Gemma 3, PaliGemma, Mistral 3, InternVL,
+Aya Vision, Llama 4 families) use the real processor built offline and add a locality check (with the vision tower's
+attention silenced, each grid cell's token must see the part of the image the cell stands for). The table
+(`family_table.py`, every other "yes" row) shrinks the family's default config and builds the pixel inputs the
+model's own tower expects (Gemma 4: its real image processor), with as many placeholder tokens as the model's
+`get_image_features` returns; the expected grids come from those inputs (`image_grid_thw`, `image_sizes`,
+`spatial_shapes`, square counts), not from the adapter. Modes tested here: greedy; the generation-mode matrix
+(beam search, sampling, ...) lives in its own test file.
 """
 
 FOOTER = """
