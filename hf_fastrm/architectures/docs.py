@@ -49,6 +49,11 @@ FOOTER = """
   tile plus the thumbnail/global tile; the tile arrangement is not passed), Gemma 3 pan-and-scan crops (one grid
   per crop, after the original image; the crop boxes are not passed).
 
+* Not yet checked for locality (the test is an expected failure, not investigated: the probe may not decode
+  their pixel layout, or the cell order may be wrong): Gemma 4, Cohere2 Vision, PaddleOCR-VL, HunYuanVL, LFM2-VL,
+  Kimi K2.5, Mistral Large 4, VideoLLaMA 3, LightOnOCR. Idefics2 and Aria have no locality (1-D latents).
+  Qianfan-OCR's check runs with the slow tests.
+
 ## The generic adapter and unlisted types
 
 `hf_fastrm.architectures.PlaceholderAdapter` serves any model whose config names image (and video) placeholder
