@@ -139,7 +139,8 @@ def faithfulness_curves(
     Returns:
         [`FaithfulnessCurves`].
     """
-    from .teacher.gradient import _computes_own_positions, generation_position_ids, prompt_inputs
+    from .architectures import get_adapter
+    from .teacher.gradient import generation_position_ids, prompt_inputs
 
     if mode not in MODES:
         raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
@@ -176,7 +177,7 @@ def faithfulness_curves(
     common: dict[str, Any] = {"use_cache": False, "return_dict": True}
     if "logits_to_keep" in parameters:
         common["logits_to_keep"] = num_new
-    if "position_ids" in parameters and not _computes_own_positions(model):
+    if "position_ids" in parameters and not get_adapter(model).computes_own_positions(model):
         common["position_ids"] = generation_position_ids(forced_mask)
     elif mode == "embedding":
         raise NotImplementedError(

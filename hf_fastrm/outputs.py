@@ -8,8 +8,11 @@ from typing import Any
 
 import torch
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from transformers.utils import logging
 
 from .architectures.base import RowImageLayout
+
+logger = logging.get_logger(__name__)
 
 
 class RelevancyMixin:
@@ -43,7 +46,9 @@ class RelevancyMixin:
 
         Returns:
             For one row, a list with one `torch.Tensor` of shape `(new_tokens, height, width)` per image (NaN in
-            cells no token covers); for all rows, a list of such lists.
+            cells no token covers); for all rows, a list of such lists. A grid whose 2-D patch layout the adapter
+            cannot know (the generic adapter's 1-D layout) gives a `(new_tokens, image_tokens)` map in prompt order,
+            with a warning saying so.
         """
         if self.relevancy is None or self.image_layouts is None:
             raise ValueError("No relevancy was computed: call generate(..., return_relevancy=True).")
@@ -52,6 +57,12 @@ class RelevancyMixin:
         for row in rows:
             row_maps = []
             for grid in self.image_layouts[row].image_grids:
+                if grid.dim() == 1:
+                    logger.warning_once(
+                        "No 2-D patch grid is known for this model's image tokens (generic adapter, 1-D layout): "
+                        "relevancy_maps() returns (new_tokens, image_tokens) maps in prompt order, not images. "
+                        "Register an adapter that knows the family's grid to get 2-D maps."
+                    )
                 grid = grid.to(self.relevancy.device)
                 picked = self.relevancy[row][:, grid.clamp(min=0)]
                 row_maps.append(picked.masked_fill(grid < 0, math.nan))

@@ -3,6 +3,9 @@
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
 from .gemma3 import Gemma3Adapter
+from .gemma4 import Gemma4Adapter
+from .generic import PlaceholderAdapter
+from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llama4 import Llama4Adapter
@@ -11,6 +14,7 @@ from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
+from .placeholder_families import PLACEHOLDER_FAMILIES
 from .qwen_vl import Qwen2VLAdapter
 from .registry import (
     get_adapter,
@@ -37,11 +41,15 @@ for _adapter in (
     Llama4Adapter,
 ):
     register_architecture(_adapter)
+for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
+    register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
     "AyaVisionAdapter",
     "Gemma3Adapter",
+    "Gemma4Adapter",
+    "HunYuanVLAdapter",
     "Idefics3Adapter",
     "InternVLAdapter",
     "Llama4Adapter",
@@ -51,6 +59,7 @@ __all__ = [
     "LlavaOnevisionAdapter",
     "Mistral3Adapter",
     "PaliGemmaAdapter",
+    "PlaceholderAdapter",
     "Qwen2VLAdapter",
     "RowImageLayout",
     "VipLlavaAdapter",

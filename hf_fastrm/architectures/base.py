@@ -99,6 +99,16 @@ class ArchitectureAdapter:
                 needed.extend(name for name in inputs if name not in needed)
         return tuple(needed)
 
+    def computes_own_positions(self, model: nn.Module) -> bool:
+        """Whether the model derives its position ids itself (multimodal rotary positions from the image grids,
+        Qwen2-VL and kin: a ``get_rope_index`` method), so a teacher-forced forward must not pass its own."""
+        return any(hasattr(module, "get_rope_index") for module in (model, getattr(model, "model", None)) if module)
+
+    def generated_token_types(self, key: str, value: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """`(..., new_tokens)`: the values a per-token prompt tensor (``token_type_ids``, ``mm_token_type_ids``)
+        takes on generated tokens, when the model has no generation rule of its own: 0, text."""
+        return value.new_zeros(*value.shape[:-1], new_tokens)
+
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
         """Per batch row, the image tokens' positions and each image's patch grid.
 

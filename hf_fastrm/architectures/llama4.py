@@ -32,6 +32,7 @@ class Llama4Adapter(ArchitectureAdapter):
         "split image: one grid of the chunks stitched rows x cols (read from the tile separator tokens) + one "
         "global-chunk grid; small image: one grid; each chunk a pixel-shuffled (side*ratio)^2 square"
     )
+    fastrm_issue = "no: `Llama4ForConditionalGeneration.generate()` fails in transformers 5.24 (`outputs.image_outputs`) before FastRM is involved; layouts are tested"
     teacher_support = (
         "untested: `Llama4ForConditionalGeneration.forward` fails in transformers 5.24 (`outputs.image_outputs`), "
         "before FastRM or the teacher are involved"

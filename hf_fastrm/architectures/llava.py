@@ -25,6 +25,16 @@ class LlavaAdapter(ArchitectureAdapter):
         "llava-pixtral: Pixtral tower (patch 4) in LlavaForConditionalGeneration; images 16x8, 8x12, 12x16",
     )
 
+    prompt_template = "USER: {image}\n{question} ASSISTANT:"
+    """LLaVA-1.5's prompt (for processors without a chat template)."""
+
+    @staticmethod
+    def pads_to_square(image_processor: Any) -> bool:
+        """Whether LLaVA's own image processor pads the image to a square before resizing (``do_pad``)."""
+        return bool(getattr(image_processor, "do_pad", False)) and type(image_processor).__name__.startswith(
+            "LlavaImageProcessor"
+        )
+
     def tokens_per_image(self, config: Any) -> tuple[int, int, int]:
         """(tokens per image, grid height, grid width)."""
         vision = config.vision_config

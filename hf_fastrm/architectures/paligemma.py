@@ -19,6 +19,12 @@ class PaliGemmaAdapter(ArchitectureAdapter):
     teacher_support = "yes"
     tested_configs = ("paligemma: SigLIP 8 px / patch 2 (16 tokens an image); 1 and 2 images a row",)
 
+    def generated_token_types(self, key: str, value: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Generated tokens continue the prompt's causal suffix: they repeat its last ``token_type_ids`` value."""
+        if key == "token_type_ids":
+            return value[..., -1:].expand(*value.shape[:-1], new_tokens)
+        return super().generated_token_types(key, value, new_tokens)
+
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
         vision = config.vision_config
         side = vision.image_size // vision.patch_size

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from transformers.utils import logging
+
 from .base import ArchitectureAdapter
+
+logger = logging.get_logger(__name__)
 
 _ADAPTERS: dict[str, ArchitectureAdapter] = {}
 
@@ -58,11 +62,25 @@ def registered_adapters() -> dict[str, ArchitectureAdapter]:
 
 
 def get_adapter(model_or_config: Any) -> ArchitectureAdapter:
-    """The adapter for a model or config; an unsupported family gets an error listing the supported ones."""
+    """The adapter for a model or config.
+
+    An unregistered family whose config names image placeholder tokens (``image_token_id`` / ``image_token_index``)
+    gets the generic [`PlaceholderAdapter`], with a warning (its layout is untested for that family); any other
+    unsupported family gets an error listing the supported ones.
+    """
+    from .generic import PlaceholderAdapter, has_placeholder_tokens
+
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     if model_type in _ADAPTERS:
         return _ADAPTERS[model_type]
+    if has_placeholder_tokens(config):
+        logger.warning_once(
+            f"hf_fastrm has no tested adapter for model type {model_type!r}; using the generic placeholder-token "
+            "adapter (image tokens from the config's image/video token ids, grids from the processor outputs where "
+            "they say, else 1-D). Check the maps, and see docs/supported-models.md to register an adapter."
+        )
+        return PlaceholderAdapter()
     raise ValueError(
         f"Model type {model_type!r} is not supported by hf_fastrm. Supported: {', '.join(supported_model_types())}. "
         "To add a family, subclass `hf_fastrm.ArchitectureAdapter` (set `model_types` and implement `image_layout`) "

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from ..architectures.llava import LlavaAdapter
 from ..utils.io import atomic_write_text
 from .arguments import DistillArguments
 from .corpus import Corpus, CorpusExample, load_corpus
@@ -40,7 +41,7 @@ from .shards import (
 
 logger = logging.get_logger(__name__)
 
-DEFAULT_PROMPT_TEMPLATE = "USER: {image}\n{question} ASSISTANT:"
+DEFAULT_PROMPT_TEMPLATE = LlavaAdapter.prompt_template
 """LLaVA-1.5's prompt, used when the processor has no chat template and no `prompt_template` is given."""
 RUN_CONFIG_NAME = "distill_config.json"
 MANIFEST_NAME = "manifest.json"

@@ -36,7 +36,6 @@ from ..teacher.attention import (
 )
 from ..teacher.attention import _probabilities as eager_probabilities
 from ..teacher.gradient import (
-    _computes_own_positions,
     extend_per_token_inputs,
     generation_position_ids,
     prompt_inputs,
@@ -148,7 +147,7 @@ def forced_sequence(
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, steps - 1)], dim=1)
     forward_kwargs = dict(extend_per_token_inputs(model, extra, prompt_length, steps - 1))
     parameters = inspect.signature(model.forward).parameters
-    if "position_ids" in parameters and not _computes_own_positions(model):
+    if "position_ids" in parameters and not adapter.computes_own_positions(model):
         forward_kwargs["position_ids"] = generation_position_ids(mask)
     if "logits_to_keep" in parameters:
         forward_kwargs["logits_to_keep"] = steps

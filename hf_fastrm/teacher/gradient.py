@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput, logging
 
+from ..architectures import get_adapter
 from ..outputs import FastRMResult
 from ..results import (
     call_eos_token_id,
@@ -442,8 +443,8 @@ def extend_per_token_inputs(
     except (AttributeError, KeyError, TypeError):  # no (usable) rule: generate()'s generic one
         extended = dict(per_token)
         for key, value in per_token.items():
-            tail = value[..., -1:] if key == "token_type_ids" else value.new_zeros(*value.shape[:-1], 1)
-            extended[key] = torch.cat([value, tail.expand(*value.shape[:-1], new_tokens)], dim=-1)
+            tail = get_adapter(model).generated_token_types(key, value, new_tokens)
+            extended[key] = torch.cat([value, tail], dim=-1)
     return {**extra, **{key: extended[key] for key in per_token}}
 
 
@@ -467,11 +468,6 @@ def generation_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids as `generate()` gives them: counting only attended tokens (left padding starts at 0)."""
     positions = attention_mask.long().cumsum(-1) - 1
     return positions.masked_fill(attention_mask == 0, 0)
-
-
-def _computes_own_positions(model: nn.Module) -> bool:
-    # Multimodal rotary models (Qwen2-VL and kin) derive 3-D positions from the image grids themselves.
-    return any(hasattr(module, "get_rope_index") for module in (model, getattr(model, "model", None)) if module)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

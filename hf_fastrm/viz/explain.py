@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 from transformers.utils import logging
 
+from ..architectures.llava import LlavaAdapter
 from ..head import FastRMHead
 from ..wrapper import FastRMWrapper
 from .report import ExplanationReport, OverlayStyle
@@ -59,7 +60,7 @@ def model_view(image: Image.Image, image_processor: Any) -> Image.Image:
     image = image.convert("RGB")
     if image_processor is None or getattr(image_processor, "image_grid_pinpoints", None):
         return image
-    if getattr(image_processor, "do_pad", False) and type(image_processor).__name__.startswith("LlavaImageProcessor"):
+    if LlavaAdapter.pads_to_square(image_processor):
         side = max(image.size)
         mean = getattr(image_processor, "image_mean", None) or (0.5, 0.5, 0.5)
         background = tuple(round(255 * float(channel)) for channel in mean)

@@ -29,6 +29,7 @@ from family_builders import (
     qwen_case,
     vipllava_case,
 )
+from family_table import table_cases
 
 from hf_fastrm import FastRMLogitsProcessor, FastRMWrapper
 from hf_fastrm.architectures import get_adapter
@@ -58,6 +59,7 @@ CASES: list[FamilyCase] = [
     internvl_case(),
     aya_vision_case(),
     llama4_case(),
+    *table_cases(),
 ]
 BY_NAME = {case.name: case for case in CASES}
 
