@@ -14,7 +14,7 @@ probability; intervals are 95 % percentile bootstrap intervals resampling scenes
 
 Methods: each FastRM head given (``--head name=folder``; the shipped head as ``fastrm`` by default), the gradient
 teacher (``teacher``), a random map (``random``, the floor), and ``attention`` / ``rollout`` through
-`hf_fastrm.methods.get_method` when that package is installed (skipped with a note otherwise). Next to faithfulness,
+`hf_fastrm.methods.get_method` (any registered name can be given to --methods). Next to faithfulness,
 each head's agreement with the teacher (F1 at ``--threshold`` of both min-max maps, AUROC) on the same tokens.
 
 By default the end-of-sequence token is left out of the curves (``--include-eos`` keeps it): the toy model gives it
@@ -40,15 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 STREAM = "faithfulness"
 BASELINE_METHODS = ("attention", "rollout")
-
-
-def method_factory() -> Any:
-    """`hf_fastrm.methods.get_method`, or None when the methods package is not installed."""
-    try:
-        from hf_fastrm.methods import get_method
-    except ImportError:
-        return None
-    return get_method
 
 
 def agreement(maps: np.ndarray, teacher_maps: np.ndarray, threshold: float) -> dict[str, float]:
@@ -90,6 +81,7 @@ def evaluate(
     from hf_fastrm import FastRMWrapper
     from hf_fastrm.faithfulness import FaithfulnessCurves, faithfulness_curves, random_relevancy, summarize_areas
     from hf_fastrm.head import FastRMHead
+    from hf_fastrm.methods import available_methods, get_method
     from hf_fastrm.teacher import gradient_relevancy_for_outputs
     from hf_fastrm.toy import load_default_head, load_default_model, load_default_processor
     from hf_fastrm.toy.modeling import format_prompt
@@ -104,13 +96,13 @@ def evaluate(
     }
     special_ids = set(special_token_ids(model))
     tokenizer = processor.tokenizer
-    get_method = method_factory()
-    notes = []
+    notes: list[str] = []
     wanted = list(methods)
-    for name in BASELINE_METHODS:
-        if name in wanted and get_method is None:
-            wanted.remove(name)
-            notes.append(f"{name}: skipped (hf_fastrm.methods is not installed; rerun after it lands)")
+    unknown = sorted(set(wanted) - {"teacher", "random", *available_methods()})
+    if unknown:
+        raise ValueError(
+            f"Unknown methods {unknown}; registered: {', '.join(available_methods())}, plus teacher, random."
+        )
     method_names = [*loaded, *wanted]
     examples = make_examples(num_examples, seed=f"{stream}:{seed}")
 

@@ -201,8 +201,7 @@ def test_benchmark_on_two_toy_scenes(tmp_path):
         show_progress=False,
     )
     results = report["results"]["embedding"]
-    with_methods = benchmark.method_factory() is not None  # hf_fastrm.methods (attention baselines) installed
-    assert list(results) == ["fastrm", "teacher", "random", *(["attention"] if with_methods else [])]
+    assert list(results) == ["fastrm", "teacher", "random", "attention"]
     for result in results.values():
         assert result["mean_deletion_curve"][0] == pytest.approx(1.0)  # relative to the unperturbed probability
         assert result["mean_insertion_curve"][-1] == pytest.approx(1.0)
@@ -210,8 +209,8 @@ def test_benchmark_on_two_toy_scenes(tmp_path):
     assert 0.0 <= report["agreement"]["fastrm"]["f1"] <= 1.0
     paired = report["paired_vs_teacher"]["embedding"]
     assert "teacher" not in paired and paired["fastrm"][1] <= paired["fastrm"][0] <= paired["fastrm"][2]
-    if not with_methods:
-        assert any(note.startswith("attention: skipped") for note in report["notes"])
+    with pytest.raises(ValueError, match="Unknown methods"):
+        benchmark.evaluate(1, 0, methods=("no-such-method",), show_progress=False)
     table = benchmark.format_table(report)
     assert "fastrm" in table and "insertion - deletion" in table
     benchmark.plot(report, str(tmp_path / "curves.png"))
