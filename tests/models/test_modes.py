@@ -166,3 +166,16 @@ def test_mode_tokens_identical_and_maps_equal_head_on_separate_forward(name, mod
     torch.testing.assert_close(result.relevancy, out.relevancy, rtol=0, atol=0, equal_nan=True)
     torch.testing.assert_close(result.token_mask, out.token_mask, rtol=0, atol=0)
     assert [lay.grid_labels for lay in result.image_layouts] == [lay.grid_labels for lay in out.image_layouts]
+
+
+def test_unfollowed_expansion_is_reported_as_ours_not_the_users(monkeypatch):
+    """Should the tap not see generate() expand the batch (a future transformers renaming the step), the mismatch
+    between the encoded processor outputs and the expanded rows is reported as hf_fastrm's limitation, not blamed on
+    the user's inputs."""
+    from hf_fastrm.taps import HiddenStateTap
+
+    model, inputs, head = built("qwen2_vl")
+    monkeypatch.setattr(HiddenStateTap, "_EXPAND_METHOD", "_no_such_method")
+    with pytest.raises(ValueError, match="not a problem with your inputs") as caught:
+        FastRMWrapper(model, head).generate(**inputs, num_beams=2, max_new_tokens=2, return_relevancy=True)
+    assert "build both with one processor call" in str(caught.value.__cause__)
