@@ -223,11 +223,14 @@ class HiddenStateTap:
         """
         rows = input_ids.shape[0]
         if encoder_kwargs and expand_size is not None and expand_size > 1 and _is_expansion(input_ids, expand_size):
+            # the forward's own per-row tensors (attention_mask, token_type_ids, ...) were expanded with the rows;
+            # multimodal position ids carry the rows in dim 1 and are not the processor's, so they are left out
             kept = {
                 key: value[::expand_size]
                 if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows
                 else value
                 for key, value in kwargs.items()
+                if key != "position_ids"
             }
             layouts = self.adapter.image_layout(
                 self.model.config, input_ids[::expand_size], {**encoder_kwargs, **kept}
@@ -293,7 +296,7 @@ def _is_expansion(input_ids: torch.Tensor, expand_size: int) -> bool:
     rows = input_ids.shape[0]
     if rows % expand_size:
         return False
-    groups = input_ids.view(rows // expand_size, expand_size, -1)
+    groups = input_ids.reshape(rows // expand_size, expand_size, -1)
     return bool((groups == groups[:, :1]).all())
 
 
