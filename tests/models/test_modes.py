@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_families import BY_NAME, CASES, built, image_token_ids, reference_relevancy
+from test_families import BY_NAME, CASES, built, hook_state, image_token_ids, reference_relevancy
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -144,10 +144,12 @@ def check_result(name: str, mode: str, model, inputs: dict, head, sequences: tor
 def test_mode_tokens_identical_and_maps_equal_head_on_separate_forward(name, mode):
     model, inputs, head = built(name)
     plain, plain_streamer = plain_or_skip(model, inputs, mode)
+    before = hook_state(model)  # after a plain generate(): transformers installs hooks of its own lazily
 
     kwargs, streamer = settings(mode, inputs)
     torch.manual_seed(SEED)
     out = FastRMWrapper(model, head).generate(**inputs, **kwargs, return_relevancy=True)
+    assert hook_state(model) == before, "FastRM left hooks or method wrappers on the model"
     torch.testing.assert_close(out.sequences, plain.sequences, rtol=0, atol=0)
     check_result(name, mode, model, inputs, head, out.sequences, out)
     if streamer is not None:
@@ -157,10 +159,12 @@ def test_mode_tokens_identical_and_maps_equal_head_on_separate_forward(name, mod
         torch.testing.assert_close(streamer.new_tokens(), plain_streamer.new_tokens(), rtol=0, atol=0)
 
     kwargs, _ = settings(mode, inputs)
+    before = hook_state(model)  # the reference forward (output_hidden_states) makes transformers add hooks of its own
     torch.manual_seed(SEED)
     with FastRMLogitsProcessor(model, head) as fastrm:
         again = model.generate(**inputs, **kwargs, logits_processor=[fastrm], return_dict_in_generate=True)
         result = fastrm.result_for(again)
+    assert hook_state(model) == before, "FastRM left hooks or method wrappers on the model"
     torch.testing.assert_close(again.sequences, plain.sequences, rtol=0, atol=0)
     # the same computation in the same process: the processor's result is the wrapper's, bit for bit
     torch.testing.assert_close(result.relevancy, out.relevancy, rtol=0, atol=0, equal_nan=True)
