@@ -260,9 +260,10 @@ class HiddenStateTap:
             self._pending_prefill = False
             self.prefill_count += 1
             index = self._gather_index.to(hidden.device)
-            image_states = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            image_states = image_states * self.image_token_mask.to(hidden.device).unsqueeze(-1)
-            image_states = image_states.detach()
+            image_states = torch.gather(hidden.detach(), 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            # in place: the gathered copy is ours, and a second (rows, image_tokens, hidden) copy would add to the
+            # prefill's peak memory
+            image_states.mul_(self.image_token_mask.to(hidden.device).unsqueeze(-1))
             self.image_features = self.on_prefill(image_states) if self.on_prefill is not None else image_states
             self._gather_index = None
         self.last_state = hidden[:, -1].detach()
