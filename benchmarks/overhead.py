@@ -2,6 +2,8 @@
 
     python benchmarks/overhead.py                      # CPU, mid-size random LLaVA (576 image tokens, 1024 x 8 LM)
     python benchmarks/overhead.py --preset llava-7b --device cuda   # LLaVA-1.5-7B shapes, bf16, on a GPU
+    python benchmarks/overhead.py --batch-size 8                    # 8 prompts a call
+    python benchmarks/overhead.py --num-beams 4                     # beam search (maps of the returned beam)
 
 Runs alternate (plain, FastRM, plain, ...) so drift hits both equally; times are medians. Peak memory: on CUDA
 `torch.cuda.max_memory_allocated` (reset before each run); on CPU the process's peak resident set (VmHWM), reset
@@ -56,8 +58,9 @@ def isolated_fastrm_seconds(model, head, inputs, kwargs, device: torch.device, r
     with FastRMLogitsProcessor(model, head) as fastrm:
         out = model.generate(**inputs, **kwargs, logits_processor=[fastrm], return_dict_in_generate=True)
         hidden = model.config.get_text_config().hidden_size
-        image_states = torch.randn(1, fastrm._tap.image_token_mask.shape[1], hidden, device=device, dtype=model.dtype)
-        token_state = torch.randn(1, hidden, device=device, dtype=model.dtype)
+        rows, image_tokens = fastrm._tap.image_token_mask.shape  # batch * num_beams rows
+        image_states = torch.randn(rows, image_tokens, hidden, device=device, dtype=model.dtype)
+        token_state = torch.randn(rows, hidden, device=device, dtype=model.dtype)
         steps = len(fastrm._steps)
         samples = []
         for _ in range(repeats):
@@ -79,6 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate() call (each with an image)")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1: greedy)")
     parser.add_argument("--num-layers", type=int, default=None, help="override the LM depth (smoke tests)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
@@ -93,8 +98,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = benchmark_llava(args.preset, args.device, num_layers=args.num_layers)
     head = random_head(model, head_type=args.head_type)
     wrapper = FastRMWrapper(model, head)
-    inputs = benchmark_inputs(model)
+    inputs = benchmark_inputs(model, batch_size=args.batch_size)
     kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
+    if args.num_beams > 1:
+        kwargs["num_beams"] = args.num_beams
     memory = PeakMemory(device)
 
     def run(relevancy: bool) -> tuple[float, int, torch.Tensor]:
@@ -132,7 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
         "preset": args.preset,
         "head_type": args.head_type,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "image_tokens": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+        "batch_size": args.batch_size,
+        "num_beams": args.num_beams,
+        "image_tokens": int((inputs["input_ids"][0] == model.config.image_token_id).sum()),
         "prompt_tokens": int(inputs["input_ids"].shape[1]),
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
@@ -151,8 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     figures["memory_ratio"] = figures["fastrm_peak_bytes"] / figures["plain_peak_bytes"]
     gib = 1024**3
     print(
-        f"FastRM overhead: {args.preset} on {figures['device']}, {figures['image_tokens']} image tokens, "
-        f"{figures['prompt_tokens']} prompt tokens, {args.new_tokens} new tokens, median of {args.repeats}"
+        f"FastRM overhead: {args.preset} on {figures['device']}, batch {args.batch_size}, {args.num_beams} beam(s), "
+        f"{figures['image_tokens']} image tokens and {figures['prompt_tokens']} prompt tokens a row, "
+        f"{args.new_tokens} new tokens, median of {args.repeats}"
     )
     print(f"{'':14}{'time (s)':>10}{'peak (GiB)':>12}")
     print(f"{'plain':14}{figures['plain_time_s']:>10.3f}{figures['plain_peak_bytes'] / gib:>12.3f}")

@@ -12,6 +12,12 @@ transformers 5.x `generate()` encodes the images before prefill (``get_image_fea
 ...)`` of the base model) and then drops those processor outputs from the forward's kwargs. So the tap also wraps
 the base model's ``get_image_features`` / ``get_video_features`` (instance attributes, signature kept) to record the
 arguments of such a call; the next prefill sees them merged under its own kwargs.
+
+It encodes them BEFORE it expands the batch for beam search or ``num_return_sequences`` (each row repeated
+``expand_size`` times, ``repeat_interleave``): the recorded processor outputs (``image_grid_thw``, ``image_sizes``,
+pixel values) describe the unexpanded rows, the prefill's ``input_ids`` the expanded ones. The tap therefore also
+records the ``expand_size`` of ``generate()``'s ``_expand_inputs_for_generation`` and computes the layouts of the
+unexpanded rows, each repeated ``expand_size`` times.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class HiddenStateTap:
         self._wrapped_encoders: list[tuple[nn.Module, str, Callable, bool]] = []
         self._encoder_kwargs: dict[str, Any] = {}
         self._encoder_depth = 0
+        self._expand_size: int | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -116,20 +123,40 @@ class HiddenStateTap:
             else:  # wrapped again on top of ours: leave the chain intact, only stop recording
                 wrapper._fastrm_active = False
         self._encoder_kwargs = {}
+        self._expand_size = None
 
     _ENCODER_METHODS = ("get_image_features", "get_video_features")
+    _EXPAND_METHOD = "_expand_inputs_for_generation"
 
     def _wrap_encoders(self) -> None:
         owners = {id(module): module for module in (self.model, getattr(self.model, "base_model", None)) if module}
         for owner in owners.values():
             for name in self._ENCODER_METHODS:
-                original = getattr(owner, name, None)
-                if original is None or not callable(original):
-                    continue
-                had_own = name in owner.__dict__
-                wrapper = self._recording(original, self._encoder_inputs(name))
-                owner.__dict__[name] = wrapper
-                self._wrapped_encoders.append((owner, name, wrapper, had_own))
+                self._wrap(owner, name, functools.partial(self._recording, needed=self._encoder_inputs(name)))
+        self._wrap(self.model, self._EXPAND_METHOD, self._recording_expansion)
+
+    def _wrap(self, owner: nn.Module, name: str, make_wrapper: Callable[[Callable], Callable]) -> None:
+        original = getattr(owner, name, None)
+        if original is None or not callable(original):
+            return
+        had_own = name in owner.__dict__
+        wrapper = make_wrapper(original)
+        owner.__dict__[name] = wrapper
+        self._wrapped_encoders.append((owner, name, wrapper, had_own))
+
+    def _recording_expansion(self, original: Callable) -> Callable:
+        """Wraps `generate()`'s `_expand_inputs_for_generation` to record its `expand_size` (num_beams or
+        num_return_sequences): the factor by which the prefill's rows outnumber the encoded processor outputs'."""
+
+        @functools.wraps(original)
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            if recording._fastrm_active:
+                expand_size = kwargs.get("expand_size", args[0] if args else 1)
+                self._expand_size = int(expand_size) if isinstance(expand_size, int) else None
+            return original(*args, **kwargs)
+
+        recording._fastrm_active = True
+        return recording
 
     def _encoder_inputs(self, method_name: str) -> tuple[str, ...]:
         """The processor outputs an encoder call needs: the adapter's image (or video) inputs."""
@@ -197,10 +224,11 @@ class HiddenStateTap:
         if input_ids.shape[-1] <= 1 or self._continues_current_sequence(input_ids):
             return
         # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
-        kwargs = {**self._encoder_kwargs, **kwargs}
-        self._encoder_kwargs = {}
+        encoder_kwargs, self._encoder_kwargs = self._encoder_kwargs, {}
+        expand_size, self._expand_size = self._expand_size, None
+        merged = {**encoder_kwargs, **kwargs}
         required = self.adapter.required_inputs(self.model.config, input_ids)
-        missing = [name for name in required if kwargs.get(name) is None]
+        missing = [name for name in required if merged.get(name) is None]
         pixels = {self.adapter.image_inputs[0], self.adapter.video_inputs[0]}
         if any(name in pixels for name in missing):
             # without the pixels the encoder never ran, so its companions (grids) were not recorded either
@@ -213,7 +241,7 @@ class HiddenStateTap:
                 "Pass everything the model's processor returned, e.g. `model.generate(**processor(images=image, "
                 "text=prompt, return_tensors='pt'), ...)`."
             )
-        layouts = self.adapter.image_layout(self.model.config, input_ids, kwargs)
+        layouts = self._layouts(input_ids, kwargs, encoder_kwargs, expand_size)
         for row, layout in enumerate(layouts):
             if layout.num_image_tokens == 0:
                 raise ValueError(
@@ -239,17 +267,58 @@ class HiddenStateTap:
             self._text_index = text_token_index(self.prompt_length, layouts, kwargs.get("attention_mask"))
         self._pending_prefill = True
 
+    def _layouts(
+        self, input_ids: torch.Tensor, kwargs: dict[str, Any], encoder_kwargs: dict[str, Any], expand_size: int | None
+    ) -> list[RowImageLayout]:
+        """The adapter's layouts for the prefill's `input_ids` `(rows, seq)`.
+
+        When generate() encoded processor outputs (`encoder_kwargs`) and then repeated each row `expand_size` times,
+        the layouts are those of the unexpanded rows (`input_ids[::expand_size]`, paired with what was encoded),
+        each repeated `expand_size` times. `expand_size` is None when the tap did not see generate() expand.
+        """
+        rows = input_ids.shape[0]
+        if encoder_kwargs and expand_size is not None and expand_size > 1 and _is_expansion(input_ids, expand_size):
+            # the forward's own per-row tensors (attention_mask, token_type_ids, ...) were expanded with the rows;
+            # multimodal position ids carry the rows in dim 1 and are not the processor's, so they are left out
+            kept = {
+                key: value[::expand_size]
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows
+                else value
+                for key, value in kwargs.items()
+                if key != "position_ids"
+            }
+            layouts = self.adapter.image_layout(
+                self.model.config, input_ids[::expand_size], {**encoder_kwargs, **kept}
+            )
+            return [layout for layout in layouts for _ in range(expand_size)]
+        try:
+            return self.adapter.image_layout(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
+        except ValueError as error:
+            unfollowed = expand_size is not None and expand_size > 1
+            if not encoder_kwargs or not (unfollowed or (expand_size is None and _looks_expanded(input_ids))):
+                raise
+            # The mismatch is ours, not the user's: generate() encoded the processor outputs of the unexpanded
+            # batch and repeated its rows for beam search / num_return_sequences in a way the tap did not follow.
+            raise ValueError(
+                f"FastRM could not pair the image inputs generate() encoded with the {rows} rows it expanded them "
+                "to for beam search or num_return_sequences. This is a limitation of hf_fastrm with this model or "
+                f"transformers version, not a problem with your inputs ({error}). Please report it; until then "
+                "generate with num_beams=1 and num_return_sequences=1."
+            ) from error
+
     def _norm_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         # encoder calls made inside this forward (a direct call with pixel values) belong to no later prefill
         self._encoder_kwargs = {}
+        self._expand_size = None
         hidden = output[0] if isinstance(output, tuple) else output
         if self._pending_prefill:
             self._pending_prefill = False
             self.prefill_count += 1
             index = self._gather_index.to(hidden.device)
-            image_states = torch.gather(hidden, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            image_states = image_states * self.image_token_mask.to(hidden.device).unsqueeze(-1)
-            image_states = image_states.detach()
+            image_states = torch.gather(hidden.detach(), 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            # in place: the gathered copy is ours, and a second (rows, image_tokens, hidden) copy would add to the
+            # prefill's peak memory
+            image_states.mul_(self.image_token_mask.to(hidden.device).unsqueeze(-1))
             if self._text_index is not None:
                 from .text_tokens import gather_positions
 
@@ -283,3 +352,18 @@ class HiddenStateTap:
             )
         state, self.last_state = self.last_state, None
         return state
+
+
+def _is_expansion(input_ids: torch.Tensor, expand_size: int) -> bool:
+    """Whether `input_ids` `(rows, seq)` is some batch with each row repeated `expand_size` times in place."""
+    rows = input_ids.shape[0]
+    if rows % expand_size:
+        return False
+    groups = input_ids.reshape(rows // expand_size, expand_size, -1)
+    return bool((groups == groups[:, :1]).all())
+
+
+def _looks_expanded(input_ids: torch.Tensor) -> bool:
+    """Whether `input_ids` could be an expansion by generate() (each row repeated at least twice in place)."""
+    rows = input_ids.shape[0]
+    return any(_is_expansion(input_ids, size) for size in range(2, rows + 1) if rows % size == 0)

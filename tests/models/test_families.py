@@ -37,6 +37,7 @@ from hf_fastrm.testing_utils import tiny_head
 
 NEW_TOKENS = 4
 GREEDY = {"do_sample": False, "max_new_tokens": NEW_TOKENS}
+TAP_WRAPPED = ("get_image_features", "get_video_features", "_expand_inputs_for_generation")  # the tap's wrappers
 
 CASES: list[FamilyCase] = [
     llava_case(),
@@ -94,10 +95,10 @@ def generated(name: str):
 
 
 def hook_state(model: torch.nn.Module) -> dict[str, tuple]:
-    """Every module's forward hooks and pre-hooks, and instance-level encoder methods (the tap's wrappers)."""
+    """Every module's forward hooks and pre-hooks, and the instance-level methods the tap wraps."""
     state = {}
     for name, module in model.named_modules():
-        patched = tuple(key for key in ("get_image_features", "get_video_features") if key in module.__dict__)
+        patched = tuple(key for key in TAP_WRAPPED if key in module.__dict__)
         if module._forward_hooks or module._forward_pre_hooks or patched:
             state[name] = (tuple(module._forward_hooks), tuple(module._forward_pre_hooks), patched)
     return state

@@ -1,0 +1,185 @@
+"""Every family (the shared suite's `CASES`) crossed with every generation mode.
+
+Each case's inputs are what its processor gives: left-padded batches of different prompts, several images per row
+and, where the family has video, a video (see tests/models/family_builders.py). Each mode runs through
+`FastRMWrapper.generate(..., return_relevancy=True)` and through a `FastRMLogitsProcessor` with `result_for`, and
+must give:
+
+* tokens identical to plain `generate()` with the same settings and seed;
+* maps equal to the head on ONE separate forward of the *returned* sequences (for beam search: the returned beams,
+  followed through `beam_indices`), at the positions the layout names;
+* per returned row, as many image tokens in the relevancy as the row's prompt holds image/video placeholder ids, and
+  values in [0, 1].
+
+The default run covers every family in beam search (greedy is in test_families.py); the full matrix is `slow`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_families import BY_NAME, CASES, built, hook_state, image_token_ids, reference_relevancy
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from hf_fastrm import FastRMLogitsProcessor, FastRMWrapper
+
+NEW_TOKENS = 4
+SEED = 1234
+
+# name -> (generate() settings, returned rows per prompt row, in the default run)
+MODES: dict[str, tuple[dict, int, bool]] = {
+    "greedy": ({"do_sample": False}, 1, False),
+    "sample": ({"do_sample": True, "top_k": 0}, 1, False),
+    "sample-return3": ({"do_sample": True, "top_k": 0, "num_return_sequences": 3}, 3, False),
+    "beam2": ({"num_beams": 2, "do_sample": False}, 1, False),
+    "beam3-return2": ({"num_beams": 3, "num_return_sequences": 2, "do_sample": False}, 2, True),
+    "beam4-return4": (
+        {"num_beams": 4, "num_return_sequences": 4, "do_sample": False, "length_penalty": 0.0},
+        4,
+        False,
+    ),
+    "streamer-stopping": ({"do_sample": False}, 1, False),  # plus a streamer and row-wise stopping criteria
+}
+
+
+def matrix() -> list:
+    params = []
+    for case in CASES:
+        for mode, (_, _, default) in MODES.items():
+            slow = case.slow or not default
+            params.append(
+                pytest.param(case.name, mode, id=f"{case.name}-{mode}", marks=[pytest.mark.slow] if slow else [])
+            )
+    return params
+
+
+class RecordingStreamer(BaseStreamer):
+    """Keeps what generate() streams: the prompt first, then one `(batch,)` tensor of new tokens a step."""
+
+    def __init__(self) -> None:
+        self.values: list[torch.Tensor] = []
+        self.ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.values.append(value.clone())
+
+    def end(self) -> None:
+        self.ended = True
+
+    def new_tokens(self) -> torch.Tensor:
+        """`(batch, steps)` of the tokens streamed after the prompt."""
+        return torch.stack([value.reshape(-1) for value in self.values[1:]], dim=1)
+
+
+class StopRowsAfter(StoppingCriteria):
+    """Stops row `b` once it has `1 + b % NEW_TOKENS` new tokens: rows end at different steps."""
+
+    def __init__(self, prompt_length: int) -> None:
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        return input_ids.shape[1] - self.prompt_length >= 1 + rows % NEW_TOKENS
+
+
+def settings(mode: str, inputs: dict) -> tuple[dict, RecordingStreamer | None]:
+    kwargs = {**MODES[mode][0], "max_new_tokens": NEW_TOKENS}
+    streamer = None
+    if mode == "streamer-stopping":
+        streamer = RecordingStreamer()
+        kwargs["streamer"] = streamer
+        kwargs["stopping_criteria"] = StoppingCriteriaList([StopRowsAfter(inputs["input_ids"].shape[1])])
+    return kwargs, streamer
+
+
+def plain_or_skip(model, inputs: dict, mode: str):
+    """Plain generate() in this mode; skips when it fails without FastRM (the installed transformers' limit)."""
+    kwargs, streamer = settings(mode, inputs)
+    torch.manual_seed(SEED)
+    try:
+        with torch.no_grad():
+            out = model.generate(**inputs, **kwargs, return_dict_in_generate=True)
+    except (AttributeError, ValueError) as error:  # Llama 4 in transformers 5.24 cannot generate at all
+        pytest.skip(f"{type(model).__name__}.generate() fails without FastRM in this transformers: {error}")
+    return out, streamer
+
+
+def check_result(name: str, mode: str, model, inputs: dict, head, sequences: torch.Tensor, result) -> None:
+    """The independent checks and the separate-forward reference for one result of `sequences`."""
+    case = BY_NAME[name]
+    returned = MODES[mode][1]
+    prompt_length = inputs["input_ids"].shape[1]
+    rows = inputs["input_ids"].shape[0] * returned
+    assert sequences.shape[0] == rows and result.relevancy.shape[0] == rows
+    assert len(result.image_layouts) == rows
+
+    placeholders = torch.tensor(sorted(image_token_ids(model.config)))
+    for row in range(rows):
+        count = int(torch.isin(sequences[row, :prompt_length], placeholders).sum())
+        assert int(result.image_token_mask[row].sum()) == count == result.image_layouts[row].num_image_tokens
+
+    valid = result.token_mask.unsqueeze(-1) & result.image_token_mask.unsqueeze(1)
+    values = result.relevancy[valid]
+    assert values.numel() > 0 and bool(values.isfinite().all())
+    assert bool(((values >= 0) & (values <= 1)).all()), "relevancy outside [0, 1]"
+    assert bool(result.relevancy[~valid].isnan().all())
+
+    # generate() returns the sequences of prompt row b at rows b * returned + j: the rows j, j + returned, ... pair
+    # with the processor outputs of the unexpanded batch, so the reference forward runs once per j.
+    for offset in range(returned):
+        picked = list(range(offset, rows, returned))
+        layouts = [result.image_layouts[row] for row in picked]
+        expected = reference_relevancy(model, head, inputs, sequences[picked], layouts, case)
+        for row, want in zip(picked, expected, strict=True):
+            n = result.image_layouts[row].num_image_tokens
+            steps = min(want.shape[0], result.relevancy.shape[1])
+            tokens = result.token_mask[row, :steps]
+            torch.testing.assert_close(
+                result.relevancy[row, :steps][tokens, :n], want[:steps][tokens], rtol=1e-4, atol=1e-5
+            )
+
+
+@pytest.mark.parametrize(("name", "mode"), matrix())
+def test_mode_tokens_identical_and_maps_equal_head_on_separate_forward(name, mode):
+    model, inputs, head = built(name)
+    plain, plain_streamer = plain_or_skip(model, inputs, mode)
+    before = hook_state(model)  # after a plain generate(): transformers installs hooks of its own lazily
+
+    kwargs, streamer = settings(mode, inputs)
+    torch.manual_seed(SEED)
+    out = FastRMWrapper(model, head).generate(**inputs, **kwargs, return_relevancy=True)
+    assert hook_state(model) == before, "FastRM left hooks or method wrappers on the model"
+    torch.testing.assert_close(out.sequences, plain.sequences, rtol=0, atol=0)
+    check_result(name, mode, model, inputs, head, out.sequences, out)
+    if streamer is not None:
+        prompt_length = inputs["input_ids"].shape[1]
+        assert streamer.ended
+        torch.testing.assert_close(streamer.new_tokens(), out.sequences[:, prompt_length:], rtol=0, atol=0)
+        torch.testing.assert_close(streamer.new_tokens(), plain_streamer.new_tokens(), rtol=0, atol=0)
+
+    kwargs, _ = settings(mode, inputs)
+    before = hook_state(model)  # the reference forward (output_hidden_states) makes transformers add hooks of its own
+    torch.manual_seed(SEED)
+    with FastRMLogitsProcessor(model, head) as fastrm:
+        again = model.generate(**inputs, **kwargs, logits_processor=[fastrm], return_dict_in_generate=True)
+        result = fastrm.result_for(again)
+    assert hook_state(model) == before, "FastRM left hooks or method wrappers on the model"
+    torch.testing.assert_close(again.sequences, plain.sequences, rtol=0, atol=0)
+    # the same computation in the same process: the processor's result is the wrapper's, bit for bit
+    torch.testing.assert_close(result.relevancy, out.relevancy, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(result.token_mask, out.token_mask, rtol=0, atol=0)
+    assert [lay.grid_labels for lay in result.image_layouts] == [lay.grid_labels for lay in out.image_layouts]
+
+
+def test_unfollowed_expansion_is_reported_as_ours_not_the_users(monkeypatch):
+    """Should the tap not see generate() expand the batch (a future transformers renaming the step), the mismatch
+    between the encoded processor outputs and the expanded rows is reported as hf_fastrm's limitation, not blamed on
+    the user's inputs."""
+    from hf_fastrm.taps import HiddenStateTap
+
+    model, inputs, head = built("qwen2_vl")
+    monkeypatch.setattr(HiddenStateTap, "_EXPAND_METHOD", "_no_such_method")
+    with pytest.raises(ValueError, match="not a problem with your inputs") as caught:
+        FastRMWrapper(model, head).generate(**inputs, num_beams=2, max_new_tokens=2, return_relevancy=True)
+    assert "build both with one processor call" in str(caught.value.__cause__)
