@@ -31,9 +31,25 @@ attention silenced, each grid cell's token must see the part of the image the ce
 (`family_table.py`, every other "yes" row) shrinks the family's default config and builds the pixel inputs the
 model's own tower expects (Gemma 4: its real image processor), with as many placeholder tokens as the model's
 `get_image_features` returns; the expected grids come from those inputs (`image_grid_thw`, `image_sizes`,
-`spatial_shapes`, square counts), not from the adapter. Modes tested here: greedy; the generation-mode matrix
-(beam search, sampling, ...) lives in its own test file.
+`spatial_shapes`, square counts), not from the adapter. Modes tested (tests/models/test_modes.py, every family
+above): greedy; seeded sampling; sampling with 3 return sequences; beam search with 2 beams, 3 beams returning 2,
+4 beams returning 4 (maps of the returned beams); a streamer with row-wise stopping criteria. Beam search 3/2 runs
+in the default test run, the rest under the `slow` marker.
 """
+
+ALL_MODES = "all: greedy, sampling, return sequences, beam search, streamer"
+MODE_EXCEPTIONS = {
+    "llama4": "none: plain generate() fails in transformers 5.24 (image features and tokens do not match)",
+    **{
+        model_type: "all but beam search: plain generate() fails with beams in transformers 5.24 (IndexError)"
+        for model_type in ("cosmos3_omni", "granite_docling", "qwen3_omni_moe_thinker", "cohere_compass")
+    },
+    **{
+        model_type: ALL_MODES
+        + "; beam-search maps differ from a separate forward by up to 3e-3 (xfail, not diagnosed)"
+        for model_type in ("glm4v", "glm46v", "glm_ocr", "glmga", "glm4v_moe")
+    },
+}
 
 FOOTER = """
 ## Exact and approximate
@@ -172,8 +188,10 @@ def render() -> str:
             cells = [f"`{model_type}`", model_class, "-", status, "-", "-", "-", "-"]
         else:
             tested = _tested(adapter, model_type)
+            modes = MODE_EXCEPTIONS.get(model_type, ALL_MODES)
             if not tested:
                 tested = [f"same model code as the {getattr(adapter, 'family', '')} cases; not in the suite"]
+                modes = "as its model code's cases (not itself in the suite)"
             teacher = getattr(adapter, "teacher_support", "not tested")
             fastrm = "yes" if not getattr(adapter, "fastrm_issue", None) else adapter.fastrm_issue
             counts["yes"] += fastrm == "yes"
@@ -184,7 +202,7 @@ def render() -> str:
                 f"{getattr(adapter, 'family', '')} (`{type(adapter).__name__}`)",
                 fastrm,
                 teacher,
-                "greedy" if fastrm == "yes" else "-",
+                modes if fastrm == "yes" else "-",
                 adapter.grid_description,
                 "<br>".join(_cell(c) for c in tested),
             ]
