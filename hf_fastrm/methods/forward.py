@@ -14,6 +14,7 @@ from transformers import AttentionInterface, PretrainedConfig
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..architectures import ArchitectureAdapter, RowImageLayout, get_adapter
+from ..architectures.base import check_image_tokens
 from ..outputs import FastRMResult
 from ..results import (
     assemble_result,
@@ -132,13 +133,7 @@ def forced_sequence(
     batch, prompt_length = input_ids.shape
     new_tokens = sequences[:, prompt_length:].to(input_ids.device)
     layouts = adapter.image_layout(model.config, input_ids, extra)
-    for row, layout in enumerate(layouts):
-        if layout.num_image_tokens == 0:
-            raise ValueError(
-                f"Row {row} of the prompt holds no image tokens, so there is nothing to explain. Build the prompt "
-                "with the model's processor from an image and a text holding its image placeholder (for example "
-                "'<image>' for LLaVA)."
-            )
+    check_image_tokens(layouts)
     eos_ids = eos_token_ids(model, eos_token_id)
     specials = special_token_ids(model, eos_token_id, special_ids)
     token_mask, _ = token_masks(new_tokens, eos_ids, specials)
