@@ -32,6 +32,7 @@ from ..teacher.attention import (
     _set_implementation,
     attention_modules,
     frozen,
+    refuse_attention_sinks,
     relevance_dtype,
     sdpa_fallback,
 )
@@ -219,10 +220,7 @@ def _record_attention_forward(
     layer = recorder.layer_of_module.get(id(module)) if recorder is not None else None
     if layer is None:
         return sdpa_fallback(module, query, key, value, attention_mask, dropout, scaling, softcap, kwargs)
-    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
-        raise NotImplementedError(
-            f"{type(module).__name__} uses attention sinks, which the attention methods do not model."
-        )
+    refuse_attention_sinks(module, kwargs, "the attention methods do not model")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     mask = _additive_mask(module, attention_mask, query, key)
