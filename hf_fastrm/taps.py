@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .architectures import ArchitectureAdapter, RowImageLayout
+from .architectures.base import check_image_tokens
 
 
 class HiddenStateTap:
@@ -242,13 +243,7 @@ class HiddenStateTap:
                 "text=prompt, return_tensors='pt'), ...)`."
             )
         layouts = self._layouts(input_ids, kwargs, encoder_kwargs, expand_size)
-        for row, layout in enumerate(layouts):
-            if layout.num_image_tokens == 0:
-                raise ValueError(
-                    f"Row {row} of the prompt holds no image tokens, so there is nothing to explain. Build the prompt "
-                    "with the model's processor from an image and a text holding its image placeholder (for example "
-                    "'<image>' for LLaVA), or generate without relevancy."
-                )
+        check_image_tokens(layouts, "or generate without relevancy")
         num_tokens = max(layout.num_image_tokens for layout in layouts)
         index = torch.zeros(len(layouts), num_tokens, dtype=torch.long)
         mask = torch.zeros(len(layouts), num_tokens, dtype=torch.bool)

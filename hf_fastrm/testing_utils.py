@@ -81,18 +81,22 @@ def tiny_llava(
     return model
 
 
+def tiny_head_config(model, head_dim: int = 16, **kwargs: Any) -> FastRMConfig:
+    """A `FastRMConfig` matching `model` (its text hidden size, name and model type); `kwargs` go to the config."""
+    config = model.config
+    return FastRMConfig(
+        hidden_size=config.get_text_config().hidden_size,
+        head_dim=head_dim,
+        base_model_name_or_path=config._name_or_path,
+        model_type=config.model_type,
+        **kwargs,
+    )
+
+
 def tiny_head(model, seed: int = 0, head_dim: int = 16) -> FastRMHead:
     """A randomly initialised head matching `model` (weights scaled up so maps are far from uniform)."""
     torch.manual_seed(seed)
-    config = model.config
-    head = FastRMHead(
-        FastRMConfig(
-            hidden_size=config.get_text_config().hidden_size,
-            head_dim=head_dim,
-            base_model_name_or_path=config._name_or_path,
-            model_type=config.model_type,
-        )
-    )
+    head = FastRMHead(tiny_head_config(model, head_dim))
     with torch.no_grad():
         head.query.weight.mul_(4.0)
         head.key.weight.mul_(4.0)

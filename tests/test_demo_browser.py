@@ -17,28 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_harness import BROWSER_MARKS, cdp
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _load_cdp():
-    path = Path(__file__).parent / "browser" / "cdp.py"
-    spec = importlib.util.spec_from_file_location("hf_fastrm_tests_cdp", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cdp = _load_cdp()
-
 pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        cdp.find_chromium() is None,
-        reason="Chromium is not installed: run tests/browser/setup.sh (apt-get install chromium) or set "
-        "HF_FASTRM_CHROMIUM",
-    ),
+    *BROWSER_MARKS,
     pytest.mark.skipif(
         importlib.util.find_spec("gradio") is None, reason='gradio is not installed: pip install ".[demo]"'
     ),

@@ -15,7 +15,7 @@ from hf_fastrm.constants import CONFIG_NAME
 from hf_fastrm.distill import evaluate_head, train_head
 from hf_fastrm.distill import shards as shards_module
 from hf_fastrm.distill.shards import ShardDataset, ShardExample, collate_examples, write_shard
-from hf_fastrm.testing_utils import tiny_llava_inputs
+from hf_fastrm.testing_utils import tiny_head_config, tiny_llava_inputs
 from hf_fastrm.text_tokens import text_token_index
 from hf_fastrm.toy import DEFAULT_HEAD_DIR
 
@@ -25,16 +25,7 @@ GREEDY = {"do_sample": False, "max_new_tokens": 5}
 def question_head(model, head_dim: int = 16, seed: int = 0) -> FastRMHead:
     """A question-aware head for `model` with random (non-zero) text values, so the question term matters."""
     torch.manual_seed(seed)
-    config = model.config
-    head = FastRMHead(
-        FastRMConfig(
-            hidden_size=config.get_text_config().hidden_size,
-            head_dim=head_dim,
-            base_model_name_or_path=config._name_or_path,
-            model_type=config.model_type,
-            head_type="question_aware",
-        )
-    )
+    head = FastRMHead(tiny_head_config(model, head_dim, head_type="question_aware"))
     with torch.no_grad():
         for layer in (head.query, head.key, head.text_key, head.text_value):
             torch.nn.init.normal_(layer.weight, std=1.0)

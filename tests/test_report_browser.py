@@ -3,39 +3,19 @@ changes the map shown. Chromium comes from Debian (tests/browser/setup.sh, run b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import struct
-import sys
 from pathlib import Path
 
 import pytest
+from browser_harness import BROWSER_MARKS, cdp
 from PIL import Image, ImageDraw
 
 from hf_fastrm.testing_utils import tiny_head, tiny_llava, tiny_llava_processor
 from hf_fastrm.viz import explain
 
-
-def _load_cdp():
-    path = Path(__file__).parent / "browser" / "cdp.py"
-    spec = importlib.util.spec_from_file_location("hf_fastrm_tests_cdp", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cdp = _load_cdp()
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        cdp.find_chromium() is None,
-        reason="Chromium is not installed: run tests/browser/setup.sh (apt-get install chromium) or set "
-        "HF_FASTRM_CHROMIUM",
-    ),
-]
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,19 @@ class RowImageLayout:
         return int(self.image_positions.numel())
 
 
+def check_image_tokens(layouts: list[RowImageLayout], alternative: str | None = None) -> None:
+    """Refuses a prompt with a row that holds no image tokens (there would be nothing to explain), saying how to
+    build one; `alternative` (e.g. ``"or generate without relevancy"``) ends the message with another way out."""
+    for row, layout in enumerate(layouts):
+        if layout.num_image_tokens == 0:
+            way_out = f", {alternative}" if alternative else ""
+            raise ValueError(
+                f"Row {row} of the prompt holds no image tokens, so there is nothing to explain. Build the prompt "
+                "with the model's processor from an image and a text holding its image placeholder (for example "
+                f"'<image>' for LLaVA){way_out}."
+            )
+
+
 class ArchitectureAdapter:
     """Family-specific knowledge. Subclass it and register with [`register_architecture`].
 

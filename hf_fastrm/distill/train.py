@@ -67,14 +67,9 @@ class _HeadLogits(nn.Module):
         super().__init__()
         self.head = head
 
-    def forward(
-        self,
-        token_states: torch.Tensor,
-        image_states: torch.Tensor,
-        text_states: torch.Tensor | None = None,
-        text_token_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.head.logits(token_states, image_states, text_states, text_token_mask)
+    def forward(self, *args: torch.Tensor | None, **kwargs: torch.Tensor | None) -> torch.Tensor:
+        """[`FastRMHead.logits`]: the same arguments, the same `(batch, tokens, image_tokens)` logits."""
+        return self.head.logits(*args, **kwargs)
 
 
 def masked_bce_loss(

@@ -14,6 +14,7 @@ from transformers import AttentionInterface, PretrainedConfig
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from ..architectures import ArchitectureAdapter, RowImageLayout, get_adapter
+from ..architectures.base import check_image_tokens
 from ..outputs import FastRMResult
 from ..results import (
     assemble_result,
@@ -31,6 +32,7 @@ from ..teacher.attention import (
     _set_implementation,
     attention_modules,
     frozen,
+    refuse_attention_sinks,
     relevance_dtype,
     sdpa_fallback,
 )
@@ -132,13 +134,7 @@ def forced_sequence(
     batch, prompt_length = input_ids.shape
     new_tokens = sequences[:, prompt_length:].to(input_ids.device)
     layouts = adapter.image_layout(model.config, input_ids, extra)
-    for row, layout in enumerate(layouts):
-        if layout.num_image_tokens == 0:
-            raise ValueError(
-                f"Row {row} of the prompt holds no image tokens, so there is nothing to explain. Build the prompt "
-                "with the model's processor from an image and a text holding its image placeholder (for example "
-                "'<image>' for LLaVA)."
-            )
+    check_image_tokens(layouts)
     eos_ids = eos_token_ids(model, eos_token_id)
     specials = special_token_ids(model, eos_token_id, special_ids)
     token_mask, _ = token_masks(new_tokens, eos_ids, specials)
@@ -224,10 +220,7 @@ def _record_attention_forward(
     layer = recorder.layer_of_module.get(id(module)) if recorder is not None else None
     if layer is None:
         return sdpa_fallback(module, query, key, value, attention_mask, dropout, scaling, softcap, kwargs)
-    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
-        raise NotImplementedError(
-            f"{type(module).__name__} uses attention sinks, which the attention methods do not model."
-        )
+    refuse_attention_sinks(module, kwargs, "the attention methods do not model")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     mask = _additive_mask(module, attention_mask, query, key)

@@ -342,6 +342,13 @@ def sdpa_fallback(
     )
 
 
+def refuse_attention_sinks(module: nn.Module, kwargs: dict[str, Any], unmodelled_by: str) -> None:
+    """Refuses an attention call with sinks (``s_aux`` or ``sinks`` in `kwargs`), which `unmodelled_by` does not
+    model, naming the module."""
+    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+        raise NotImplementedError(f"{type(module).__name__} uses attention sinks, which {unmodelled_by}.")
+
+
 def teacher_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -505,10 +512,7 @@ class AttentionCapture:
         softcap: float | None,
         kwargs: dict[str, Any],
     ) -> tuple[torch.Tensor, None]:
-        if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
-            raise NotImplementedError(
-                f"{type(module).__name__} uses attention sinks, which the gradient teacher does not model yet."
-            )
+        refuse_attention_sinks(module, kwargs, "the gradient teacher does not model yet")
         if dropout:
             raise ValueError("Attention dropout is active: put the model in eval mode (model.eval()) for the teacher.")
         if query.shape[1] % key.shape[1]:
