@@ -227,21 +227,7 @@ class HiddenStateTap:
         # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
         encoder_kwargs, self._encoder_kwargs = self._encoder_kwargs, {}
         expand_size, self._expand_size = self._expand_size, None
-        merged = {**encoder_kwargs, **kwargs}
-        required = self.adapter.required_inputs(self.model.config, input_ids)
-        missing = [name for name in required if merged.get(name) is None]
-        pixels = {self.adapter.image_inputs[0], self.adapter.video_inputs[0]}
-        if any(name in pixels for name in missing):
-            # without the pixels the encoder never ran, so its companions (grids) were not recorded either
-            missing = [name for name in missing if name in pixels]
-        if missing:
-            raise ValueError(
-                "The prompt holds image or video tokens but generate() got no "
-                f"{', '.join(f'`{name}`' for name in missing)}: "
-                "the model would read placeholder embeddings instead of the image, and FastRM would explain those. "
-                "Pass everything the model's processor returned, e.g. `model.generate(**processor(images=image, "
-                "text=prompt, return_tensors='pt'), ...)`."
-            )
+        self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
         layouts = self._layouts(input_ids, kwargs, encoder_kwargs, expand_size)
         check_image_tokens(layouts, "or generate without relevancy")
         num_tokens = max(layout.num_image_tokens for layout in layouts)

@@ -256,7 +256,8 @@ class FastRMWrapper(nn.Module):
             inputs = dict(kwargs)
             if args:
                 inputs.setdefault("input_ids", args[0])
-            self._check_required_inputs(inputs)  # before generating: a method would explain placeholder embeddings
+            if isinstance(inputs.get("input_ids"), torch.Tensor):  # before generating, not after
+                self.adapter.check_required_inputs(self.model.config, inputs["input_ids"], inputs)
             outputs = self.model.generate(*args, **kwargs)
             return attach_result(outputs, method.attribute(self.model, inputs, outputs))
         processors = LogitsProcessorList(list(kwargs.pop("logits_processor", None) or []))
@@ -264,17 +265,3 @@ class FastRMWrapper(nn.Module):
             processors.append(streaming)
             outputs = self.model.generate(*args, logits_processor=processors, **kwargs)
         return attach_result(outputs, streaming.result_for(outputs, eos_token_id=call_eos_token_id(kwargs)))
-
-    def _check_required_inputs(self, inputs: dict[str, Any]) -> None:
-        """Refuses a prompt holding image or video tokens without the processor outputs they need."""
-        input_ids = inputs.get("input_ids")
-        if not isinstance(input_ids, torch.Tensor):
-            return
-        required = self.adapter.required_inputs(self.model.config, input_ids)
-        missing = [name for name in required if inputs.get(name) is None]
-        if missing:
-            raise ValueError(
-                f"The prompt holds image or video tokens but generate() got no "
-                f"{', '.join(f'`{name}`' for name in missing)}. Pass everything the model's processor returned, "
-                "e.g. `model.generate(**processor(images=image, text=prompt, return_tensors='pt'), ...)`."
-            )

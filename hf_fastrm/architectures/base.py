@@ -112,6 +112,29 @@ class ArchitectureAdapter:
                 needed.extend(name for name in inputs if name not in needed)
         return tuple(needed)
 
+    def check_required_inputs(self, config: Any, input_ids: torch.Tensor, inputs: dict[str, Any]) -> None:
+        """Refuses a prompt whose image or video tokens lack processor outputs they need ([`required_inputs`]):
+        the model would read placeholder embeddings instead of the image, and every method would explain those.
+
+        Args:
+            config: the model's `PretrainedConfig`.
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): the prompt.
+            inputs (`dict`): what generate() was given (or, inside it, what reached the encoders and the forward).
+        """
+        missing = [name for name in self.required_inputs(config, input_ids) if inputs.get(name) is None]
+        pixels = {self.image_inputs[0], self.video_inputs[0]}
+        if any(name in pixels for name in missing):
+            # without the pixels the encoder never ran, so its companions (grids) were not recorded either
+            missing = [name for name in missing if name in pixels]
+        if missing:
+            raise ValueError(
+                "The prompt holds image or video tokens but generate() got no "
+                f"{', '.join(f'`{name}`' for name in missing)}: "
+                "the model would read placeholder embeddings instead of the image, and FastRM would explain those. "
+                "Pass everything the model's processor returned, e.g. `model.generate(**processor(images=image, "
+                "text=prompt, return_tensors='pt'), ...)`."
+            )
+
     def computes_own_positions(self, model: nn.Module) -> bool:
         """Whether the model derives its position ids itself (multimodal rotary positions from the image grids,
         Qwen2-VL and kin: a ``get_rope_index`` method), so a teacher-forced forward must not pass its own."""
