@@ -85,6 +85,7 @@ class HiddenStateTap:
         self._prompt_ids: torch.Tensor | None = None
         self._gather_index: torch.Tensor | None = None
         self._pending_prefill = False
+        self._shared_rows = 1
         self.prefill_error: ValueError | None = None
 
     @property
@@ -242,6 +243,10 @@ class HiddenStateTap:
         self._prompt_ids = input_ids.detach()
         self._gather_index = index.to(input_ids.device)
         self.image_token_mask = mask.to(input_ids.device)
+        # generate() repeated each prompt row in place (beam search, num_return_sequences): the copies' prefill
+        # states are the same, so the keys are computed once per group and repeated (less memory at prefill)
+        if expand_size is not None and expand_size > 1 and _is_expansion(input_ids, expand_size):
+            self._shared_rows = expand_size
         if self.gather_text:
             from .text_tokens import text_token_index
 
@@ -295,19 +300,28 @@ class HiddenStateTap:
         if self._pending_prefill:
             self._pending_prefill = False
             self.prefill_count += 1
-            index = self._gather_index.to(hidden.device)
-            image_states = torch.gather(hidden.detach(), 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            # one row of each group of in-place copies (all rows without beam search / num_return_sequences)
+            share = self._shared_rows
+            rows = hidden.detach()[::share]
+            index = self._gather_index[::share].to(hidden.device)
+            image_states = torch.gather(rows, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
             # in place: the gathered copy is ours, and a second (rows, image_tokens, hidden) copy would add to the
             # prefill's peak memory
-            image_states.mul_(self.image_token_mask.to(hidden.device).unsqueeze(-1))
+            image_states.mul_(self.image_token_mask[::share].to(hidden.device).unsqueeze(-1))
             if self._text_index is not None:
                 from .text_tokens import gather_positions
 
                 text_index, text_mask = self._text_index
-                self.text_states = gather_positions(hidden, text_index, text_mask).detach()
-                self.text_token_mask = text_mask.to(hidden.device)
+                self.text_states = gather_positions(rows, text_index[::share], text_mask[::share])
+                self.text_token_mask = text_mask[::share].to(hidden.device)
                 self._text_index = None
-            self.image_features = self.on_prefill(image_states) if self.on_prefill is not None else image_states
+            features = self.on_prefill(image_states) if self.on_prefill is not None else image_states
+            if share > 1:
+                features = _repeat_rows(features, share)
+                if self.text_states is not None:
+                    self.text_states = _repeat_rows(self.text_states, share)
+                    self.text_token_mask = _repeat_rows(self.text_token_mask, share)
+            self.image_features = features
             self._gather_index = None
         self.last_state = hidden[:, -1].detach()
         self.forward_count += 1
@@ -333,6 +347,17 @@ class HiddenStateTap:
             )
         state, self.last_state = self.last_state, None
         return state
+
+
+def _repeat_rows(value: Any, times: int) -> Any:
+    """Each row of a tensor `(rows, ...)` (or of every tensor in a tuple / NamedTuple of them) repeated `times` times
+    in place: `(rows * times, ...)`, as generate() expands its inputs."""
+    if isinstance(value, torch.Tensor):
+        return value.repeat_interleave(times, dim=0)
+    if isinstance(value, tuple):
+        repeated = [_repeat_rows(item, times) for item in value]
+        return type(value)(*repeated) if hasattr(value, "_fields") else tuple(repeated)
+    return value
 
 
 def _is_expansion(input_ids: torch.Tensor, expand_size: int) -> bool:

@@ -10,9 +10,9 @@ from transformers import LogitsProcessor
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging
 
-from hf_fastrm import FastRMLogitsProcessor, FastRMWrapper
+from hf_fastrm import FastRMHead, FastRMLogitsProcessor, FastRMWrapper
 from hf_fastrm.architectures import get_adapter
-from hf_fastrm.testing_utils import TINY_EOS_TOKEN_ID, tiny_llava_inputs
+from hf_fastrm.testing_utils import TINY_EOS_TOKEN_ID, tiny_head, tiny_head_config, tiny_llava_inputs
 
 GREEDY = {"do_sample": False, "max_new_tokens": 4}
 
@@ -149,3 +149,43 @@ def test_required_inputs_follow_the_prompts_tokens(llava):
         "pixel_values_videos",
         "video_grid_thw",
     )
+
+
+@pytest.mark.parametrize("question_aware", [False, True])
+def test_expanded_rows_share_their_prefill_keys(llava64, question_aware):
+    """Beam search / num_return_sequences repeat each prompt row in place: the head's keys are computed for one row
+    of each group (prefill memory) and repeated, equal to the keys of every row computed one by one."""
+    if question_aware:
+        torch.manual_seed(0)
+        head = FastRMHead(tiny_head_config(llava64, head_type="question_aware")).double().eval()
+    else:
+        head = tiny_head(llava64).double()
+    inputs = tiny_llava_inputs(llava64, batch_size=2, num_images=1)
+    seen: list[int] = []
+    original = head.image_keys
+
+    def counting(image_states):
+        seen.append(image_states.shape[0])
+        return original(image_states)
+
+    head.image_keys = counting
+    beams = {"num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 3, "do_sample": False}
+    with FastRMLogitsProcessor(llava64, head) as fastrm:
+        out = llava64.generate(**inputs, **beams, logits_processor=[fastrm], return_dict_in_generate=True)
+        shared = fastrm._tap.image_features
+        prompt_ids = fastrm._tap.prompt_ids
+    assert seen == [2]  # the 2 prompt rows, not the 6 beams
+    assert prompt_ids.shape[0] == 6
+    image_keys = shared.image_keys if question_aware else shared
+    assert image_keys.shape[0] == 6
+    # the keys of the unexpanded rows (a greedy call on the same prompts), each repeated as generate() repeats rows
+    with FastRMLogitsProcessor(llava64, head) as fastrm:
+        llava64.generate(**inputs, **GREEDY, logits_processor=[fastrm])
+        single = fastrm._tap.image_features
+    single_keys = single.image_keys if question_aware else single
+    assert seen == [2, 2]
+    torch.testing.assert_close(image_keys, single_keys.repeat_interleave(3, dim=0), rtol=1e-10, atol=1e-12)
+    if question_aware:
+        torch.testing.assert_close(shared.text_keys, single.text_keys.repeat_interleave(3, dim=0))
+        assert torch.equal(shared.text_token_mask, single.text_token_mask.repeat_interleave(3, dim=0))
+    assert out.sequences.shape[0] == 4
