@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hf_fastrm import FastRMLogitsProcessor, FastRMWrapper
+from hf_fastrm.taps import repeat_rows
 from hf_fastrm.testing_utils import benchmark_inputs, benchmark_llava, random_head
 
 
@@ -59,16 +60,18 @@ def isolated_fastrm_seconds(model, head, inputs, kwargs, device: torch.device, r
         out = model.generate(**inputs, **kwargs, logits_processor=[fastrm], return_dict_in_generate=True)
         hidden = model.config.get_text_config().hidden_size
         rows, image_tokens = fastrm._tap.image_token_mask.shape  # batch * num_beams rows
-        image_states = torch.randn(rows, image_tokens, hidden, device=device, dtype=model.dtype)
+        shared = fastrm._tap._shared_rows  # beam copies of a prompt row share its keys (computed once, repeated)
+        image_states = torch.randn(rows // shared, image_tokens, hidden, device=device, dtype=model.dtype)
         token_state = torch.randn(rows, hidden, device=device, dtype=model.dtype)
-        steps = len(fastrm._steps)
+        record = fastrm._record
+        steps = len(record.steps)
         samples = []
         for _ in range(repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            keys = fastrm._on_prefill(image_states)
-            fastrm._steps = [fastrm.head.relevance_from_keys(token_state, keys) for _ in range(steps)]
+            keys = repeat_rows(fastrm._on_prefill(image_states), shared)
+            record.steps = [fastrm.head.relevance_from_keys(token_state, keys) for _ in range(steps)]
             fastrm.result_for(out)
             if device.type == "cuda":
                 torch.cuda.synchronize()

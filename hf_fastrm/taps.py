@@ -317,10 +317,10 @@ class HiddenStateTap:
                 self._text_index = None
             features = self.on_prefill(image_states) if self.on_prefill is not None else image_states
             if share > 1:
-                features = _repeat_rows(features, share)
+                features = repeat_rows(features, share)
                 if self.text_states is not None:
-                    self.text_states = _repeat_rows(self.text_states, share)
-                    self.text_token_mask = _repeat_rows(self.text_token_mask, share)
+                    self.text_states = repeat_rows(self.text_states, share)
+                    self.text_token_mask = repeat_rows(self.text_token_mask, share)
             self.image_features = features
             self._gather_index = None
         self.last_state = hidden[:, -1].detach()
@@ -349,13 +349,13 @@ class HiddenStateTap:
         return state
 
 
-def _repeat_rows(value: Any, times: int) -> Any:
+def repeat_rows(value: Any, times: int) -> Any:
     """Each row of a tensor `(rows, ...)` (or of every tensor in a tuple / NamedTuple of them) repeated `times` times
     in place: `(rows * times, ...)`, as generate() expands its inputs."""
     if isinstance(value, torch.Tensor):
         return value.repeat_interleave(times, dim=0)
     if isinstance(value, tuple):
-        repeated = [_repeat_rows(item, times) for item in value]
+        repeated = [repeat_rows(item, times) for item in value]
         return type(value)(*repeated) if hasattr(value, "_fields") else tuple(repeated)
     return value
 
