@@ -17,6 +17,7 @@ The gradient teacher for these families follows Chefer et al. 2021's encoder-dec
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -171,12 +172,14 @@ class T5Gemma2Adapter(EncoderDecoderAdapter):
             family=self.family,
             grid_description=self.grid_description,
             teacher_support=self.teacher_support,
-            tested_configs=("t5gemma2: tiny SigLIP (image 16, patch 4, 4 tokens per image) + 2+2 layers, two prompts",),
+            tested_configs=(
+                "t5gemma2: tiny SigLIP (image 16, patch 4, 4 tokens per image) + 2+2 layers, two prompts",
+            ),
         )
 
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
         tokens = int(config.encoder.mm_tokens_per_image)
-        side = int(round(tokens**0.5))
+        side = math.isqrt(tokens)
         if side * side != tokens:
             return super().image_layout(config, input_ids, model_kwargs)
         grid = torch.arange(tokens).view(side, side)
