@@ -30,6 +30,8 @@ from .grids import MediaPlan, assign_media, merge_rows, token_positions
 DECODER_PATHS = ("model.language_model.decoder", "model.decoder", "decoder", "model.text_decoder")
 """Where transformers keeps the text decoder of an encoder-decoder model (Florence-2: a BART model under
 ``model.language_model``; T5Gemma 2: ``model.decoder``)."""
+ENCODER_TEXT_MODELS = ("text_model", "language_model")
+"""Where an encoder that also runs the vision tower keeps its text layers."""
 
 
 class EncoderDecoderAdapter(PlaceholderAdapter):
@@ -45,9 +47,15 @@ class EncoderDecoderAdapter(PlaceholderAdapter):
 
     # ------------------------------------------------------------------ modules
     def encoder(self, model: nn.Module) -> nn.Module:
-        """The text encoder whose input holds the image placeholder tokens (``model.get_encoder()``)."""
+        """The text encoder whose input holds the image placeholder tokens: ``model.get_encoder()``, or its text
+        model when that wraps one (T5Gemma 2: ``encoder.text_model``); the module holding the encoder's layers."""
         get_encoder = getattr(model, "get_encoder", None)
         encoder = get_encoder() if callable(get_encoder) else None
+        if isinstance(encoder, nn.Module) and _layers_of(encoder) is None:
+            encoder = next(
+                (getattr(encoder, name) for name in ENCODER_TEXT_MODELS if _attribute_path(encoder, name) is not None),
+                encoder,
+            )
         if not isinstance(encoder, nn.Module) or _layers_of(encoder) is None:
             raise ValueError(
                 f"Cannot find the encoder of {type(model).__name__} (`get_encoder()` with `.layers`). Subclass "
