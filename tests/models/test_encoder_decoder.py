@@ -14,6 +14,7 @@ the image placeholder positions. Checks, per family (tiny models from configs, s
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,7 +178,7 @@ def t5gemma2_build():
     with torch.no_grad():
         features = model.get_image_features(pixel_values, return_dict=True).pooler_output
     tokens = features.shape[1]
-    side = int(round(tokens**0.5))
+    side = math.isqrt(tokens)
     assert side * side == tokens  # the tower average-pools its patch grid into a square (as Gemma 3)
     image = [boi] + [image_token] * tokens + [eoi]
     input_ids, attention_mask = right_padded([[BOS, *image, 10, 11, *image, 12], [BOS, *image, 13, 14, 15, EOS]])
@@ -251,7 +252,7 @@ def check_against_separate_forward(model, head, inputs, out, expected) -> None:
     reference = reference_maps(model, head, inputs, out.sequences, out.image_layouts)
     # same float32 arithmetic in a cached step-by-step decode and one full forward: differences are rounding only
     torch.testing.assert_close(out.relevancy[valid], reference[valid], rtol=1e-4, atol=1e-5)
-    for row, layout in enumerate(out.image_layouts):
+    for row in range(len(out.image_layouts)):
         shapes = [shape for shape, _ in expected[row]]
         maps = out.relevancy_maps(row)
         assert [tuple(m.shape) for m in maps] == [(out.relevancy.shape[1], *shape) for shape in shapes]
@@ -403,7 +404,7 @@ def naive_teacher(model, inputs, sequences, order) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_teacher_equals_naive_reference(name):
-    model, inputs, expected, head = built(name)
+    model, inputs, _, head = built(name)
     out = FastRMWrapper(model, head).generate(**inputs, **GREEDY, return_relevancy=True)
     teacher = gradient_relevancy(model, inputs, out.sequences, return_hidden_states=True)
     result = teacher.result
@@ -434,12 +435,8 @@ def test_teacher_on_beam_sequences(name):
     out = FastRMWrapper(model, head).generate(**inputs, **BEAMS, return_relevancy="gradient")
     assert out.relevancy.shape[0] == 4
     rows = [len(row) for row in expected]
-    naive = naive_teacher(
-        model, expanded(inputs, rows, 2), out.sequences, CASES[name].attention_order(model)
-    )
+    naive = naive_teacher(model, expanded(inputs, rows, 2), out.sequences, CASES[name].attention_order(model))
     for row, layout in enumerate(out.image_layouts):
         tokens = out.token_mask[row]
         want = naive[row][:, layout.image_positions][tokens]
-        torch.testing.assert_close(
-            out.relevancy[row, tokens, : layout.num_image_tokens], want, rtol=1e-4, atol=1e-7
-        )
+        torch.testing.assert_close(out.relevancy[row, tokens, : layout.num_image_tokens], want, rtol=1e-4, atol=1e-7)
