@@ -134,8 +134,8 @@ class Florence2Adapter(EncoderDecoderAdapter):
             grid_description=self.grid_description,
             teacher_support=self.teacher_support,
             tested_configs=(
-                "florence2: tiny DaViT (1 stage, stride 4) + BART (2+2 layers); 16x16 and 20x12 px images, two "
-                "prompts",
+                "florence2: tiny DaViT (1 stage, stride 4) + BART (2+2 layers); two prompts with 16x24 px images (a "
+                "global token, then a 4x6 grid); tests/models/test_encoder_decoder.py",
             ),
         )
 
@@ -181,7 +181,8 @@ class T5Gemma2Adapter(EncoderDecoderAdapter):
             grid_description=self.grid_description,
             teacher_support=self.teacher_support,
             tested_configs=(
-                "t5gemma2: tiny SigLIP (image 16, patch 4, 4 tokens per image) + 2+2 layers, two prompts",
+                "t5gemma2: tiny SigLIP (image 16, patch 4, pooled to 2x2) + 2+2 layers (GQA, sliding and full); rows "
+                "with two images and one; tests/models/test_encoder_decoder.py",
             ),
         )
 
