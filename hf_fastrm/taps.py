@@ -76,7 +76,7 @@ class HiddenStateTap:
         self._encoder_kwargs: dict[str, Any] = {}
         self._encoder_depth = 0
         self._expand_size: int | None = None
-        self._encoder_prompt: tuple[torch.Tensor | None, dict[str, Any]] | None = None
+        self._encoder_prompt: dict[str, Any] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -150,17 +150,19 @@ class HiddenStateTap:
             self._wrap(self.model, self._ENCODE_PROMPT_METHOD, self._recording_encoder_prompt)
 
     def _recording_encoder_prompt(self, original: Callable) -> Callable:
-        """Wraps `generate()`'s encoder step of an encoder-decoder model to record the prompt it encodes (its
-        `input_ids` and processor outputs, before generate() drops them): the encoder's sequence, which the image
-        positions of the layouts index."""
+        """Wraps `generate()`'s encoder step of an encoder-decoder model to record the prompt it encodes (its main
+        input, ``input_ids`` or ``flattened_patches``, and the processor outputs, before generate() drops them): the
+        encoder's sequence, which the image positions of the layouts index."""
 
         @functools.wraps(original)
         def recording(*args: Any, **kwargs: Any) -> Any:
             if recording._fastrm_active:
                 inputs_tensor = kwargs.get("inputs_tensor", args[0] if args else None)
-                model_kwargs = kwargs.get("model_kwargs", args[1] if len(args) > 1 else {})
-                input_ids = inputs_tensor if inputs_tensor is not None else model_kwargs.get("input_ids")
-                self._encoder_prompt = (input_ids, dict(model_kwargs or {}))
+                model_kwargs = dict(kwargs.get("model_kwargs", args[1] if len(args) > 1 else {}) or {})
+                input_name = kwargs.get("model_input_name", args[2] if len(args) > 2 else None)
+                if inputs_tensor is not None:
+                    model_kwargs[input_name or self.model.main_input_name] = inputs_tensor
+                self._encoder_prompt = model_kwargs
             return original(*args, **kwargs)
 
         recording._fastrm_active = True
@@ -299,19 +301,11 @@ class HiddenStateTap:
                 "A question-aware FastRM head reads the prompt's text tokens in the decoder's sequence; encoder-decoder "
                 "models hold the prompt in the encoder, which that head does not support yet. Use a plain head."
             )
-        input_ids, prompt_kwargs = prompt
-        if input_ids is None:
-            raise ValueError(
-                "FastRM needs the prompt's `input_ids` to find the image tokens in the encoder's input, but generate() "
-                "was called with `inputs_embeds` only. Pass the processor's `input_ids` (and pixel values) instead."
-            )
         decoder_ids = kwargs.get("decoder_input_ids")
         if decoder_ids is None:
             raise ValueError("FastRM found no `decoder_input_ids` in the encoder-decoder model's first decoding step.")
-        prompt_kwargs = {**encoder_kwargs, **prompt_kwargs}
-        self.adapter.check_required_inputs(self.model.config, input_ids, prompt_kwargs)
-        layouts = self.adapter.image_layout(self.model.config, input_ids, prompt_kwargs)
-        rows, prompts = int(decoder_ids.shape[0]), int(input_ids.shape[0])
+        layouts = self.adapter.encoder_layout(self.model.config, {**encoder_kwargs, **prompt})
+        rows, prompts = int(decoder_ids.shape[0]), len(layouts)
         if rows % prompts or (expand_size is not None and rows != prompts * expand_size):
             raise ValueError(
                 f"FastRM could not pair the {prompts} encoded prompts with the {rows} decoder rows generate() expanded "

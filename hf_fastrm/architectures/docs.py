@@ -36,9 +36,9 @@ above): greedy; seeded sampling; sampling with 3 return sequences; beam search w
 4 beams returning 4 (maps of the returned beams); a streamer with row-wise stopping criteria. Beam search 3/2 runs
 in the default test run, the rest under the `slow` marker.
 
-Encoder-decoder models with the image in the encoder (Florence-2, T5Gemma 2; `EncoderDecoderAdapter`) take another
-route: the head reads the decoder's last hidden state of each generated token against the encoder's last hidden states
-at the image placeholder positions of the encoder's input, and the teacher follows Chefer et al.'s encoder-decoder
+Encoder-decoder models with the image in the encoder (Florence-2, T5Gemma 2, Pix2Struct; `EncoderDecoderAdapter`)
+take another route: the head reads the decoder's last hidden state of each generated token against the encoder's last
+hidden states at the image positions of the encoder's input (placeholder tokens; for Pix2Struct every real patch), and the teacher follows Chefer et al.'s encoder-decoder
 rules (docs/teacher.md). Their tests are in `tests/models/test_encoder_decoder.py`: layouts against the vision
 tower's own output, greedy and beam search 3/2 with identical tokens and maps equal to the head on a separate forward,
 the processor reused, and the teacher equal to a naive reference.
@@ -54,7 +54,7 @@ MODE_EXCEPTIONS = {
     # --- encdec
     **{
         model_type: "greedy; beam search 3 returning 2 (tests/models/test_encoder_decoder.py, not the mode matrix)"
-        for model_type in ("florence2", "t5gemma2")
+        for model_type in ("florence2", "t5gemma2", "pix2struct")
     },
     **{
         model_type: ALL_MODES
@@ -111,7 +111,6 @@ NOT_DONE: dict[str, str] = {
     "instructblipvideo": "Q-Former, as BLIP-2",
     "mllama": "cross-attention: images enter through gated cross-attention layers, not as tokens of the decoder's "
     "sequence; route: read the decoder's last state against the cross-attention states (not written)",
-    "pix2struct": "encoder-decoder; the encoder reads flattened patches, no placeholder tokens",
     "udop": "encoder-decoder (T5) over layout tokens",
     "vision-encoder-decoder": "generic encoder-decoder: images only in the encoder",
     "pp_formulanet": "encoder-decoder",

@@ -24,14 +24,37 @@ import torch
 from torch import nn
 
 from .base import RowImageLayout
-from .generic import NORM_NAMES, PlaceholderAdapter, _attribute_path, _layers_of
+from .generic import NORM_NAMES, PlaceholderAdapter, _attribute_path
 from .grids import MediaPlan, assign_media, merge_rows, token_positions
 
 DECODER_PATHS = ("model.language_model.decoder", "model.decoder", "decoder", "model.text_decoder")
 """Where transformers keeps the text decoder of an encoder-decoder model (Florence-2: a BART model under
 ``model.language_model``; T5Gemma 2: ``model.decoder``)."""
-ENCODER_TEXT_MODELS = ("text_model", "language_model")
-"""Where an encoder that also runs the vision tower keeps its text layers."""
+ENCODER_STACKS = ("text_model", "language_model", "encoder")
+"""Where an encoder keeps its layers when not on itself (T5Gemma 2: ``text_model``; Pix2Struct: ``encoder``)."""
+STACK_NAMES = ("layers", "layer", "h", "blocks")
+SELF_ATTENTION_NAMES = ("self_attn", "self_attention", "attention")
+CROSS_ATTENTION_NAMES = ("encoder_attn", "cross_attn", "crossattention", "encoder_decoder_attention")
+"""Attribute spellings of a decoder layer's cross-attention module (BART: ``encoder_attn``; Pix2Struct:
+``encoder_decoder_attention``)."""
+
+
+def stack_layers(module: nn.Module) -> nn.ModuleList | None:
+    """The layers of a transformer stack (``layers``, ``layer``, ``h`` or ``blocks``), on it or on its ``encoder``."""
+    for holder in (module, getattr(module, "encoder", None)):
+        for name in STACK_NAMES:
+            layers = getattr(holder, name, None) if isinstance(holder, nn.Module) else None
+            if isinstance(layers, nn.ModuleList) and len(layers) > 0:
+                return layers
+    return None
+
+
+def attention_core(module: nn.Module) -> nn.Module:
+    """The module that calls the attention function: wrappers (``Pix2StructTextLayerSelfAttention``, ``ViTAttention``)
+    hold it as ``.attention``."""
+    while isinstance(getattr(module, "attention", None), nn.Module):
+        module = module.attention
+    return module
 
 
 class EncoderDecoderAdapter(PlaceholderAdapter):
@@ -51,12 +74,12 @@ class EncoderDecoderAdapter(PlaceholderAdapter):
         model when that wraps one (T5Gemma 2: ``encoder.text_model``); the module holding the encoder's layers."""
         get_encoder = getattr(model, "get_encoder", None)
         encoder = get_encoder() if callable(get_encoder) else None
-        if isinstance(encoder, nn.Module) and _layers_of(encoder) is None:
+        if isinstance(encoder, nn.Module) and stack_layers(encoder) is None:
             encoder = next(
-                (getattr(encoder, name) for name in ENCODER_TEXT_MODELS if _attribute_path(encoder, name) is not None),
+                (getattr(encoder, name) for name in ENCODER_STACKS if _attribute_path(encoder, name) is not None),
                 encoder,
             )
-        if not isinstance(encoder, nn.Module) or _layers_of(encoder) is None:
+        if not isinstance(encoder, nn.Module) or stack_layers(encoder) is None:
             raise ValueError(
                 f"Cannot find the encoder of {type(model).__name__} (`get_encoder()` with `.layers`). Subclass "
                 "`EncoderDecoderAdapter` and override `encoder` for this family."
@@ -65,13 +88,13 @@ class EncoderDecoderAdapter(PlaceholderAdapter):
 
     def encoder_layers(self, model: nn.Module) -> nn.ModuleList:
         """The encoder's layers, first to last."""
-        return _layers_of(self.encoder(model))
+        return stack_layers(self.encoder(model))
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The text decoder (its layers hold the self- and cross-attention the teacher records)."""
         for path in DECODER_PATHS:
             module = _attribute_path(model, path)
-            if module is not None and _layers_of(module) is not None:
+            if module is not None and stack_layers(module) is not None:
                 return module
         raise ValueError(
             f"Cannot find the text decoder of {type(model).__name__}: none of "
@@ -85,13 +108,53 @@ class EncoderDecoderAdapter(PlaceholderAdapter):
             norm = getattr(decoder, name, None)
             if isinstance(norm, nn.Module):
                 return norm
-        norm = getattr(_layers_of(decoder)[-1], "final_layer_norm", None)
+        norm = getattr(stack_layers(decoder)[-1], "final_layer_norm", None)
         if not isinstance(norm, nn.Module):
             raise ValueError(
                 f"Cannot find the final norm of {type(decoder).__name__} (a `norm`/`layer_norm`, or the last layer's "
                 "`final_layer_norm`). Override `final_norm`."
             )
         return norm
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return stack_layers(self.language_model(model))
+
+    def attention_modules(self, model: nn.Module) -> dict[tuple[str, int], nn.Module]:
+        """Every attention module the teacher's rules use, keyed ``("encoder", i)``, ``("self", i)``, ``("cross", i)``
+        (no ``"cross"`` key for a layer whose self-attention also attends to the encoder, T5Gemma 2's merged
+        attention)."""
+        modules: dict[tuple[str, int], nn.Module] = {}
+        for stack, layers in (("encoder", self.encoder_layers(model)), ("self", self.decoder_layers(model))):
+            for index, layer in enumerate(layers):
+                found = next((getattr(layer, n) for n in SELF_ATTENTION_NAMES if _is_module(layer, n)), None)
+                if found is None:
+                    raise ValueError(
+                        f"{'Encoder' if stack == 'encoder' else 'Decoder'} layer {index} ({type(layer).__name__}) has "
+                        f"no self-attention module ({' / '.join(SELF_ATTENTION_NAMES)}); override `attention_modules`."
+                    )
+                modules[(stack, index)] = attention_core(found)
+                cross = next((getattr(layer, n) for n in CROSS_ATTENTION_NAMES if _is_module(layer, n)), None)
+                if stack == "self" and cross is not None:
+                    modules[("cross", index)] = attention_core(cross)
+        return modules
+
+    # ------------------------------------------------------------------ layout
+    def encoder_layout(self, config: Any, prompt: dict[str, Any]) -> list[RowImageLayout]:
+        """Per prompt row, the image positions in the ENCODER's sequence and each image's grid.
+
+        Args:
+            config: the model's `PretrainedConfig`.
+            prompt (`dict`): what the encoder was given (``input_ids``, ``pixel_values``, ``attention_mask``,
+                ``flattened_patches``, ...), one row per prompt.
+        """
+        input_ids = prompt.get("input_ids")
+        if input_ids is None:
+            raise ValueError(
+                "FastRM needs the prompt's `input_ids` to find the image tokens in the encoder's input, but generate() "
+                "was called without them (`inputs_embeds` only?). Pass the processor's `input_ids` and pixel values."
+            )
+        self.check_required_inputs(config, input_ids, prompt)
+        return self.image_layout(config, input_ids, prompt)
 
     # ------------------------------------------------------------------ keys
     def image_key_states(self, decoder_states: torch.Tensor, forward_kwargs: dict[str, Any]) -> torch.Tensor:
@@ -106,6 +169,10 @@ class EncoderDecoderAdapter(PlaceholderAdapter):
             )
         states = getattr(encoder_outputs, "last_hidden_state", None)
         return states if states is not None else encoder_outputs[0]
+
+
+def _is_module(owner: nn.Module, name: str) -> bool:
+    return isinstance(getattr(owner, name, None), nn.Module)
 
 
 def _conv_output(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -205,4 +272,54 @@ class T5Gemma2Adapter(EncoderDecoderAdapter):
         return merge_rows(positions, grids)
 
 
-ENCODER_DECODER_FAMILIES: tuple[EncoderDecoderAdapter, ...] = (Florence2Adapter(), T5Gemma2Adapter())
+class Pix2StructAdapter(EncoderDecoderAdapter):
+    """``Pix2StructForConditionalGeneration``: the encoder reads ``flattened_patches``, each row a list of patches
+    whose first two values are the patch's 1-based row and column (0 for padding); every encoder state is one patch.
+
+    The layout is exact: each real patch is the cell its row and column say (the processor lists them row-major, but
+    the cell comes from the ids, not from that order); padding patches belong to no image.
+    """
+
+    family = "Pix2Struct"
+    grid_description = (
+        "every encoder state is an image patch; one (rows, cols) grid per image from the row and column ids in "
+        "`flattened_patches`"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(
+            ("pix2struct",),
+            family=self.family,
+            grid_description=self.grid_description,
+            teacher_support=self.teacher_support,
+            tested_configs=(
+                "pix2struct: tiny vision encoder and T5-style text decoder (2+2 layers, relative position bias); "
+                "3x4 and 2x5 patch grids in 16 padded patch slots; tests/models/test_encoder_decoder.py",
+            ),
+        )
+
+    def encoder_layout(self, config: Any, prompt: dict[str, Any]) -> list[RowImageLayout]:
+        patches = prompt.get("flattened_patches")
+        if not isinstance(patches, torch.Tensor) or patches.dim() != 3 or patches.shape[-1] < 3:
+            raise ValueError(
+                "Pix2Struct reads the image from `flattened_patches` `(batch, max_patches, 2 + patch_values)`, which "
+                "generate() was not given. Pass what its processor returned: `model.generate(**processor(images=image, "
+                "return_tensors='pt'), ...)`."
+            )
+        layouts = []
+        for row_patches in patches:
+            rows, cols = row_patches[:, 0].round().long(), row_patches[:, 1].round().long()
+            real = (rows > 0) & (cols > 0)
+            positions = real.nonzero().flatten().cpu()
+            height, width = int(rows[real].max()), int(cols[real].max())
+            grid = torch.full((height, width), -1, dtype=torch.long)
+            grid[rows[real].cpu() - 1, cols[real].cpu() - 1] = torch.arange(positions.numel())
+            layouts.append(RowImageLayout(positions, [grid], ["image 0"]))
+        return layouts
+
+
+ENCODER_DECODER_FAMILIES: tuple[EncoderDecoderAdapter, ...] = (
+    Florence2Adapter(),
+    T5Gemma2Adapter(),
+    Pix2StructAdapter(),
+)

@@ -40,14 +40,12 @@ from ..results import assemble_result, eos_token_ids, image_slots, special_token
 from .attention import (
     TEACHER_ATTENTION,
     AttentionCapture,
+    _additive_mask,
     _get_implementation,
     _set_implementation,
     frozen,
     relevance_dtype,
 )
-
-CROSS_ATTENTION_NAMES = ("encoder_attn", "cross_attn", "crossattention", "cross_attention")
-"""Attribute spellings of a decoder layer's cross-attention module (BART: ``encoder_attn``)."""
 
 # What the teacher sets itself in the forced forward (or must not pass).
 _NOT_PROMPT_INPUTS = frozenset(
@@ -117,29 +115,15 @@ class EncoderDecoderCapture(AttentionCapture):
             raise
         return self
 
-
-def attention_modules(adapter: EncoderDecoderAdapter, model: nn.Module) -> dict[tuple[str, int], nn.Module]:
-    """Every attention module the rules use, keyed ``("encoder", i)``, ``("self", i)``, ``("cross", i)`` (no
-    ``"cross"`` key for a layer whose self-attention also attends to the encoder, T5Gemma 2's merged attention)."""
-    modules: dict[tuple[str, int], nn.Module] = {}
-    for index, layer in enumerate(adapter.encoder_layers(model)):
-        modules[("encoder", index)] = _child(layer, ("self_attn", "attention"), "self-attention", index, "encoder")
-    for index, layer in enumerate(adapter.decoder_layers(model)):
-        modules[("self", index)] = _child(layer, ("self_attn", "attention"), "self-attention", index, "decoder")
-        cross = next(
-            (getattr(layer, n) for n in CROSS_ATTENTION_NAMES if isinstance(getattr(layer, n, None), nn.Module)), None
-        )
-        if cross is not None:
-            modules[("cross", index)] = cross
-    return modules
-
-
-def _child(layer: nn.Module, names: tuple[str, ...], what: str, index: int, stack: str) -> nn.Module:
-    for name in names:
-        module = getattr(layer, name, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise ValueError(f"{stack} layer {index} ({type(layer).__name__}) has no {what} module ({' / '.join(names)}).")
+    def attend(self, layer, module, query, key, value, attention_mask, dropout, scaling, softcap, kwargs):
+        """As [`AttentionCapture.attend`]; a T5-style ``position_bias`` (Pix2Struct) is added to the scores as eager
+        attention adds it, together with the mask."""
+        position_bias = kwargs.pop("position_bias", None)
+        if position_bias is not None:
+            mask = _additive_mask(module, attention_mask, query, key)
+            position_bias = position_bias.to(query.dtype)
+            attention_mask = position_bias if mask is None else mask + position_bias
+        return super().attend(layer, module, query, key, value, attention_mask, dropout, scaling, softcap, kwargs)
 
 
 def normalized_residual(relevance: torch.Tensor) -> torch.Tensor:
@@ -220,7 +204,7 @@ def encoder_decoder_relevancy(
     sequences = sequences_of(sequences)
     if token_chunk_size is None:
         token_chunk_size = 2 if next(model.parameters()).device.type == "cpu" else 8
-    encoder_ids, encoder_mask, extra, layouts = _expanded_prompt(model, adapter, inputs, sequences.shape[0])
+    prompt, layouts = _expanded_prompt(model, adapter, inputs, sequences.shape[0])
     decoder_prompt = inputs.get("decoder_input_ids")
     prompt_length = 1 if decoder_prompt is None else int(decoder_prompt.shape[-1])
     if sequences.shape[1] <= prompt_length:
@@ -228,12 +212,12 @@ def encoder_decoder_relevancy(
             f"`sequences` has {sequences.shape[1]} positions and the decoder's prompt {prompt_length}: there is no "
             "generated token to explain. Pass generate()'s output sequences."
         )
-    device = encoder_ids.device
+    device = next(model.parameters()).device
     sequences = sequences.to(device)
     new_tokens = sequences[:, prompt_length:]
     steps = new_tokens.shape[1]
     decoder_ids = sequences[:, :-1]
-    modules = attention_modules(adapter, model)
+    modules = adapter.attention_modules(model)
     capture = EncoderDecoderCapture(model, modules)
     recorded: dict[str, torch.Tensor] = {}
 
@@ -244,14 +228,7 @@ def encoder_decoder_relevancy(
     rows: torch.Tensor | None = None
     try:
         with frozen(model), capture, torch.enable_grad():
-            outputs = model(
-                input_ids=encoder_ids,
-                attention_mask=encoder_mask,
-                decoder_input_ids=decoder_ids,
-                use_cache=False,
-                return_dict=True,
-                **extra,
-            )
+            outputs = model(**prompt, decoder_input_ids=decoder_ids, use_cache=False, return_dict=True)
             never_called = sorted(set(modules) - set(capture.called_layers), key=str)
             if never_called:
                 raise RuntimeError(
@@ -268,7 +245,7 @@ def encoder_decoder_relevancy(
             del logits, scores
             order = sorted(modules, key=_run_order)
             probes = [capture.probes[key] for key in order]
-            batch, e = encoder_ids.shape
+            batch, e = encoder_states.shape[:2]
             d = decoder_ids.shape[1]
             image_index, image_mask = image_slots(layouts, device)
             rows = torch.zeros(batch, steps, image_index.shape[1], dtype=targets.dtype, device=device)
@@ -330,35 +307,27 @@ def _run_order(key: tuple[str, int]) -> tuple[int, int, int]:
 
 def _expanded_prompt(
     model: nn.Module, adapter: EncoderDecoderAdapter, inputs: dict[str, Any], rows: int
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], list]:
-    """The encoder's prompt (`input_ids`, `attention_mask`, other forward inputs) repeated for each of the `rows`
-    returned sequences (each prompt's rows together, as generate() orders them), and the rows' image layouts.
+) -> tuple[dict[str, Any], list]:
+    """The encoder's prompt (forward inputs: ``input_ids`` or ``flattened_patches``, ``attention_mask``, pixel values,
+    ...) repeated for each of the `rows` returned sequences (each prompt's rows together, as generate() orders them),
+    and the rows' image layouts.
 
     Pixel values are repeated per image: each layout grid is one image of its row, in prompt order."""
     import inspect
 
     if not isinstance(inputs, dict) and hasattr(inputs, "keys"):
         inputs = dict(inputs)
-    input_ids = inputs.get("input_ids")
-    if input_ids is None:
-        raise ValueError(
-            "The gradient teacher needs the encoder prompt's `input_ids` (to find the image tokens); pass the "
-            "processor's output, not `inputs_embeds`."
-        )
-    if input_ids.ndim == 1:
-        input_ids = input_ids.unsqueeze(0)
-    attention_mask = inputs.get("attention_mask")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
     parameters = inspect.signature(model.forward).parameters
-    extra = {
+    prompt = {
         key: value
         for key, value in inputs.items()
         if key in parameters and key not in _NOT_PROMPT_INPUTS and value is not None
     }
-    adapter.check_required_inputs(model.config, input_ids, extra)
-    layouts = adapter.image_layout(model.config, input_ids, extra)
-    prompts = input_ids.shape[0]
+    for key in ("input_ids", "attention_mask"):
+        if inputs.get(key) is not None:
+            prompt[key] = inputs[key] if inputs[key].ndim > 1 else inputs[key].unsqueeze(0)
+    layouts = adapter.encoder_layout(model.config, prompt)
+    prompts = len(layouts)
     if rows % prompts:
         raise ValueError(
             f"`sequences` has {rows} rows for {prompts} prompts; expected a multiple (num_return_sequences)."
@@ -373,18 +342,18 @@ def _expanded_prompt(
         )
         num_images = sum(images_per_row)
         expanded = {}
-        for key, value in extra.items():
-            if isinstance(value, torch.Tensor) and key.startswith("pixel_values") and value.shape[0] == num_images:
+        for key, value in prompt.items():
+            if not isinstance(value, torch.Tensor) or not value.dim():
+                expanded[key] = value
+            elif key.startswith("pixel_values") and value.shape[0] == num_images:
                 expanded[key] = value[image_index.to(value.device)]
-            elif isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == prompts:
+            elif value.shape[0] == prompts:
                 expanded[key] = value.repeat_interleave(repeat, dim=0)
             else:
-                expanded[key] = value
-        extra = expanded
-        input_ids = input_ids.repeat_interleave(repeat, dim=0)
-        attention_mask = attention_mask.repeat_interleave(repeat, dim=0)
+                raise ValueError(
+                    f"Cannot repeat `{key}` (first dimension {value.shape[0]}) for the {repeat} sequences of each of "
+                    f"the {prompts} prompts. Pass one sequence per prompt, or report this model's inputs."
+                )
+        prompt = expanded
         layouts = [layout for layout in layouts for _ in range(repeat)]
-    return input_ids, attention_mask.to(input_ids.device), extra, layouts
-
-
-__all__ = ["EncoderDecoderCapture", "encoder_decoder_relevancy", "normalized_residual", "propagate"]
+    return prompt, layouts

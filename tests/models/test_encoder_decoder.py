@@ -1,9 +1,11 @@
-"""Encoder-decoder families with the image in the encoder (Florence-2, T5Gemma 2): the shared suite's criteria.
+"""Encoder-decoder families with the image in the encoder (Florence-2, T5Gemma 2, Pix2Struct): the shared suite's
+criteria.
 
 The head reads the decoder's last hidden state of each generated token against the encoder's last hidden states at
 the image placeholder positions. Checks, per family (tiny models from configs, sizes as transformers' ModelTesters):
 
-* the layout: grids from the model's own vision tower output (not from the adapter), every cell a placeholder token;
+* the layout: grids from the model's own vision tower output or patch ids (not from the adapter), every cell an image
+  position of the encoder's input;
 * greedy and beam search (3 beams returning 2): tokens identical to plain generate(), maps equal to the head on ONE
   separate forward (encoder states at the layout's positions, decoder states of the returned sequences), values in
   [0, 1], maps of each image's grid shape, no hook or wrapper left on the model;
@@ -51,11 +53,17 @@ class EncoderDecoderCase:
             offset of each image's first grid cell among its placeholder tokens.
         attention_order: `model -> [(kind, module)]` in the order the model runs them (``"encoder"``, ``"self"``,
             ``"cross"``, ``"merged"``), written from the model's code, for the naive teacher reference.
+        image_positions: `(model, inputs) -> per row the encoder positions that hold the image`.
     """
 
     name: str
     build: Callable[[], tuple[torch.nn.Module, dict, list[list[tuple[tuple[int, int], int]]]]]
     attention_order: Callable[[torch.nn.Module], list[tuple[str, torch.nn.Module]]]
+    image_positions: Callable[[torch.nn.Module, dict], list[torch.Tensor]]
+
+
+def placeholder_positions(model, inputs) -> list[torch.Tensor]:
+    return [(row == int(model.config.image_token_id)).nonzero().flatten() for row in inputs["input_ids"]]
 
 
 def right_padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,11 +199,70 @@ def t5gemma2_attention(model):
     return order + [("merged", layer.self_attn) for layer in model.model.decoder.layers]
 
 
+def pix2struct_build():
+    from transformers import Pix2StructConfig, Pix2StructForConditionalGeneration
+
+    torch.manual_seed(0)
+    # sizes of transformers' Pix2Struct ModelTesters (hidden 32, 2 layers, 4 heads, patch 2), 2 + 2 layers
+    text = {
+        "vocab_size": 99,
+        "hidden_size": 32,
+        "d_kv": 8,
+        "d_ff": 37,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "dropout_rate": 0.0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+    vision = {
+        "hidden_size": 32,
+        "patch_embed_hidden_size": 12,
+        "d_ff": 37,
+        "d_kv": 8,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "dropout_rate": 0.0,
+        "attention_dropout": 0.0,
+        "seq_len": 16,
+        "patch_size": 2,
+    }
+    model = Pix2StructForConditionalGeneration(Pix2StructConfig(text_config=text, vision_config=vision)).eval()
+    suppress(model, [0])
+    # as its image processor writes them: per row the patches in row-major order, each (row id, col id, 2*2*3 pixel
+    # values) with 1-based ids, then padding (all zero) up to max_patches
+    grids = [(3, 4), (2, 5)]
+    patches = torch.zeros(2, 16, 2 + 12)
+    attention_mask = torch.zeros(2, 16, dtype=torch.long)
+    for row, (height, width) in enumerate(grids):
+        for index in range(height * width):
+            patches[row, index, :2] = torch.tensor([index // width + 1, index % width + 1])
+            patches[row, index, 2:] = torch.randn(12)
+            attention_mask[row, index] = 1
+    inputs = {"flattened_patches": patches, "attention_mask": attention_mask}
+    return model, inputs, [[(grid, 0)] for grid in grids]
+
+
+def pix2struct_attention(model):
+    order = [("encoder", layer.attention) for layer in model.encoder.encoder.layer]
+    for layer in model.decoder.layer:
+        order += [("self", layer.self_attention.attention), ("cross", layer.encoder_decoder_attention.attention)]
+    return order
+
+
+def patch_positions(model, inputs) -> list[torch.Tensor]:
+    return [(row[:, 0] > 0).nonzero().flatten() for row in inputs["flattened_patches"]]
+
+
 CASES = {
     case.name: case
     for case in (
-        EncoderDecoderCase("florence2", florence2_build, florence2_attention),
-        EncoderDecoderCase("t5gemma2", t5gemma2_build, t5gemma2_attention),
+        EncoderDecoderCase("florence2", florence2_build, florence2_attention, placeholder_positions),
+        EncoderDecoderCase("t5gemma2", t5gemma2_build, t5gemma2_attention, placeholder_positions),
+        EncoderDecoderCase("pix2struct", pix2struct_build, pix2struct_attention, patch_positions),
     )
 }
 
@@ -215,19 +282,19 @@ def hook_state(model: torch.nn.Module) -> dict[str, tuple]:
     return state
 
 
-def expanded(inputs: dict, layouts_per_prompt: list[int], repeat: int) -> dict:
-    """The prompts repeated `repeat` times each (generate()'s order), pixel values per image."""
-    index = []
-    start = 0
-    for count in layouts_per_prompt:
-        index.append(list(range(start, start + count)))
-        start += count
-    images = torch.tensor([i for row in index for _ in range(repeat) for i in row])
+def select_rows(inputs: dict, images_per_row: list[int], rows: list[int]) -> dict:
+    """The prompt inputs of `rows` (in that order, repeats allowed); pixel values follow each row's images."""
+    starts = [sum(images_per_row[:row]) for row in range(len(images_per_row))]
+    images = torch.tensor([starts[row] + i for row in rows for i in range(images_per_row[row])])
     return {
-        "input_ids": inputs["input_ids"].repeat_interleave(repeat, dim=0),
-        "attention_mask": inputs["attention_mask"].repeat_interleave(repeat, dim=0),
-        "pixel_values": inputs["pixel_values"][images],
+        key: value[images] if key == "pixel_values" else value[torch.tensor(rows)] for key, value in inputs.items()
     }
+
+
+def expanded(inputs: dict, images_per_row: list[int], repeat: int) -> dict:
+    """The prompts repeated `repeat` times each (generate()'s order)."""
+    rows = [row for row in range(len(images_per_row)) for _ in range(repeat)]
+    return select_rows(inputs, images_per_row, rows)
 
 
 def reference_maps(model, head, inputs, sequences, layouts) -> torch.Tensor:
@@ -266,11 +333,9 @@ def test_layout_matches_the_vision_tower(name):
     model, inputs, expected, _ = built(name)
     adapter = get_adapter(model)
     assert adapter.is_encoder_decoder
-    layouts = adapter.image_layout(model.config, inputs["input_ids"], dict(inputs))
-    image_token = int(model.config.image_token_id)
-    for row, layout in enumerate(layouts):
-        placeholders = (inputs["input_ids"][row] == image_token).nonzero().flatten()
-        torch.testing.assert_close(layout.image_positions, placeholders, rtol=0, atol=0)
+    layouts = adapter.encoder_layout(model.config, dict(inputs))
+    for row, (layout, positions) in enumerate(zip(layouts, CASES[name].image_positions(model, inputs), strict=True)):
+        torch.testing.assert_close(layout.image_positions, positions, rtol=0, atol=0)
         assert [tuple(grid.shape) for grid in layout.image_grids] == [shape for shape, _ in expected[row]]
         start = 0
         for grid, (shape, first_cell) in zip(layout.image_grids, expected[row], strict=True):
@@ -312,15 +377,11 @@ def test_beam_search_3_returning_2(name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_logits_processor_reused_across_calls(name):
     """One processor, two calls (both prompts, then the second alone): each result is its own call's."""
-    model, inputs, _, head = built(name)
+    model, inputs, expected, head = built(name)
     with FastRMLogitsProcessor(model, head) as fastrm:
         first = model.generate(**inputs, **GREEDY, logits_processor=[fastrm], return_dict_in_generate=True)
         first_maps = fastrm.result_for(first).relevancy
-        second_inputs = {
-            "input_ids": inputs["input_ids"][1:],
-            "attention_mask": inputs["attention_mask"][1:],
-            "pixel_values": inputs["pixel_values"][-1:],
-        }
+        second_inputs = select_rows(inputs, [len(row) for row in expected], [1])
         second = model.generate(**second_inputs, **GREEDY, logits_processor=[fastrm], return_dict_in_generate=True)
         second_maps = fastrm.result_for(second).relevancy
         with pytest.raises(ValueError, match="do not come from the last generate"):
@@ -372,7 +433,7 @@ def naive_teacher(model, inputs, sequences, order) -> torch.Tensor:
         weights = {id(module): w for module, w in _RECORDED}
         maps_in_order = [(kind, weights[id(module)]) for kind, module in order]
         rows, length = sequences.shape
-        e, d = inputs["input_ids"].shape[1], length - 1
+        e, d = out.encoder_last_hidden_state.shape[1], length - 1
         result = torch.zeros(rows, d, e)
         for t in range(d):
             target = out.logits[:, t].gather(-1, sequences[:, t + 1 : t + 2]).sum()
