@@ -362,7 +362,7 @@ class HiddenStateTap:
         if self._pending_prefill:
             self._pending_prefill = False
             self.prefill_count += 1
-            source = self.adapter.image_key_states(hidden, self._prefill_kwargs).detach()
+            source = self.adapter.image_key_states(self.model, hidden, self._prefill_kwargs).detach()
             self._prefill_kwargs = {}
             index = self._gather_index.to(source.device)
             image_states = torch.gather(source, 1, index.unsqueeze(-1).expand(-1, -1, source.shape[-1]))

@@ -85,10 +85,13 @@ class ArchitectureAdapter:
     T5Gemma 2): then the layouts' positions index the encoder's input, and [`image_key_states`] the encoder's
     states (see `hf_fastrm.architectures.encoder_decoder`)."""
 
-    def image_key_states(self, decoder_states: torch.Tensor, forward_kwargs: dict[str, Any]) -> torch.Tensor:
+    def image_key_states(
+        self, model: nn.Module, decoder_states: torch.Tensor, forward_kwargs: dict[str, Any]
+    ) -> torch.Tensor:
         """The states the layouts' image positions index, from which the head computes its keys.
 
         Args:
+            model (`nn.Module`): the top-level model.
             decoder_states (`torch.Tensor` of shape `(rows, seq, hidden)`): the final norm's output of the prefill
                 (the decoder's last hidden states).
             forward_kwargs (`dict`): the keyword arguments of that prefill's forward (``encoder_outputs``, ...).

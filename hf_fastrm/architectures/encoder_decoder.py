@@ -18,7 +18,7 @@ The gradient teacher for these families follows Chefer et al. 2021's encoder-dec
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,13 +27,21 @@ from .base import RowImageLayout
 from .generic import NORM_NAMES, PlaceholderAdapter, _attribute_path
 from .grids import MediaPlan, assign_media, merge_rows, token_positions
 
-DECODER_PATHS = ("model.language_model.decoder", "model.decoder", "decoder", "model.text_decoder")
+DECODER_PATHS = (
+    "model.language_model.decoder",
+    "model.decoder",
+    "decoder",
+    "decoder.transformer",
+    "decoder.model.decoder",
+    "model.text_decoder",
+)
 """Where transformers keeps the text decoder of an encoder-decoder model (Florence-2: a BART model under
-``model.language_model``; T5Gemma 2: ``model.decoder``)."""
+``model.language_model``; T5Gemma 2: ``model.decoder``; VisionEncoderDecoder: its decoder's stack, e.g. GPT-2's
+``decoder.transformer``)."""
 ENCODER_STACKS = ("text_model", "language_model", "encoder")
 """Where an encoder keeps its layers when not on itself (T5Gemma 2: ``text_model``; Pix2Struct: ``encoder``)."""
 STACK_NAMES = ("layers", "layer", "h", "blocks")
-SELF_ATTENTION_NAMES = ("self_attn", "self_attention", "attention")
+SELF_ATTENTION_NAMES = ("self_attn", "self_attention", "attention", "attn")
 CROSS_ATTENTION_NAMES = ("encoder_attn", "cross_attn", "crossattention", "encoder_decoder_attention")
 """Attribute spellings of a decoder layer's cross-attention module (BART: ``encoder_attn``; Pix2Struct:
 ``encoder_decoder_attention``)."""
@@ -157,7 +165,9 @@ class EncoderDecoderAdapter(PlaceholderAdapter):
         return self.image_layout(config, input_ids, prompt)
 
     # ------------------------------------------------------------------ keys
-    def image_key_states(self, decoder_states: torch.Tensor, forward_kwargs: dict[str, Any]) -> torch.Tensor:
+    def image_key_states(
+        self, model: nn.Module, decoder_states: torch.Tensor, forward_kwargs: dict[str, Any]
+    ) -> torch.Tensor:
         """`(rows, encoder_seq, hidden)`: the encoder's last hidden states the prefill's forward received
         (``encoder_outputs``, expanded by ``generate()`` for beams and return sequences like the decoder's rows)."""
         encoder_outputs = forward_kwargs.get("encoder_outputs")
@@ -318,8 +328,72 @@ class Pix2StructAdapter(EncoderDecoderAdapter):
         return layouts
 
 
+class VisionEncoderDecoderAdapter(EncoderDecoderAdapter):
+    """``VisionEncoderDecoderModel``: any vision encoder, any text decoder with cross-attention. Every encoder state
+    is the image's: for ViT-like encoders (``vit``: a CLS token, ``deit``: CLS and distillation tokens) the leading
+    tokens, then the ``(height / patch, width / patch)`` patch grid in row-major order.
+
+    When the encoder and decoder widths differ (and the decoder's cross-attention does not take the encoder's width
+    itself), the model projects the encoder's states (``enc_to_dec_proj``) before the decoder reads them: the head's
+    keys are those projected states, what the cross-attention reads.
+    """
+
+    family = "VisionEncoderDecoder"
+    grid_description = (
+        "every encoder state is the image's; ViT-like encoders (vit, deit): the leading CLS/distillation tokens, "
+        "then an (H / patch, W / patch) grid from the pixel size; other encoders refused"
+    )
+    LEADING_TOKENS: ClassVar[dict[str, int]] = {"vit": 1, "deit": 2}
+    """Encoder model types served, and how many non-patch tokens precede their patches."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            ("vision-encoder-decoder",),
+            family=self.family,
+            grid_description=self.grid_description,
+            teacher_support=self.teacher_support,
+            tested_configs=(
+                "vision-encoder-decoder: tiny ViT encoder (width 24, CLS + 4x4 patches) + GPT-2 decoder with "
+                "cross-attention (width 32, so the encoder's states go through enc_to_dec_proj); "
+                "tests/models/test_encoder_decoder.py",
+            ),
+        )
+
+    def encoder_layout(self, config: Any, prompt: dict[str, Any]) -> list[RowImageLayout]:
+        encoder_type = getattr(config.encoder, "model_type", None)
+        if encoder_type not in self.LEADING_TOKENS:
+            raise ValueError(
+                f"FastRM's VisionEncoderDecoder adapter knows the token layout of {sorted(self.LEADING_TOKENS)} "
+                f"encoders, not {encoder_type!r}. Register an adapter (subclass `VisionEncoderDecoderAdapter` and "
+                "override `encoder_layout`)."
+            )
+        pixel_values = prompt.get("pixel_values")
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            raise ValueError(
+                "The VisionEncoderDecoder model reads the image from `pixel_values` `(batch, channels, height, "
+                "width)`, which generate() was not given. Pass what its processor returned."
+            )
+        patch = config.encoder.patch_size
+        patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
+        rows, cols = int(pixel_values.shape[-2]) // patch_h, int(pixel_values.shape[-1]) // patch_w
+        leading = self.LEADING_TOKENS[encoder_type]
+        grid = torch.arange(leading, leading + rows * cols).view(rows, cols)
+        positions = torch.arange(leading + rows * cols)
+        return [RowImageLayout(positions, [grid], ["image 0"]) for _ in range(pixel_values.shape[0])]
+
+    def image_key_states(
+        self, model: nn.Module, decoder_states: torch.Tensor, forward_kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """The encoder's last hidden states as the decoder's cross-attention reads them (after ``enc_to_dec_proj``
+        where the model has one)."""
+        states = super().image_key_states(model, decoder_states, forward_kwargs)
+        projection = getattr(model, "enc_to_dec_proj", None)
+        return projection(states) if isinstance(projection, nn.Module) else states
+
+
 ENCODER_DECODER_FAMILIES: tuple[EncoderDecoderAdapter, ...] = (
     Florence2Adapter(),
     T5Gemma2Adapter(),
     Pix2StructAdapter(),
+    VisionEncoderDecoderAdapter(),
 )

@@ -292,8 +292,14 @@ def encoder_decoder_relevancy(
     )
     output = TeacherOutput(result=result, layers=list(range(len(adapter.decoder_layers(model)))), target=target)
     if return_hidden_states:
-        width = encoder_states.shape[-1]
-        states = encoder_states.detach().gather(1, image_index.unsqueeze(-1).expand(-1, -1, width))
+        from transformers.modeling_outputs import BaseModelOutput
+
+        with torch.no_grad():
+            key_states = adapter.image_key_states(
+                model, recorded["decoder"], {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder_states)}
+            ).detach()
+        width = key_states.shape[-1]
+        states = key_states.gather(1, image_index.unsqueeze(-1).expand(-1, -1, width))
         output.image_hidden_states = states * image_mask.unsqueeze(-1)
         chosen = torch.arange(steps, device=device) + prompt_length - 1
         output.token_hidden_states = recorded["decoder"][:, chosen]

@@ -1,5 +1,5 @@
-"""Encoder-decoder families with the image in the encoder (Florence-2, T5Gemma 2, Pix2Struct): the shared suite's
-criteria.
+"""Encoder-decoder families with the image in the encoder (Florence-2, T5Gemma 2, Pix2Struct, VisionEncoderDecoder):
+the shared suite's criteria.
 
 The head reads the decoder's last hidden state of each generated token against the encoder's last hidden states at
 the image placeholder positions. Checks, per family (tiny models from configs, sizes as transformers' ModelTesters):
@@ -253,6 +253,62 @@ def pix2struct_attention(model):
     return order
 
 
+def vision_encoder_decoder_build():
+    from transformers import GPT2Config, VisionEncoderDecoderConfig, VisionEncoderDecoderModel, ViTConfig
+
+    torch.manual_seed(0)
+    # ViT and GPT-2 at their ModelTesters' sizes; the widths differ, so the model projects the encoder's states
+    encoder = ViTConfig(
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=16,
+        patch_size=4,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    decoder = GPT2Config(
+        vocab_size=99,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        add_cross_attention=True,
+        is_decoder=True,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    config = VisionEncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = BOS, PAD, EOS
+    model = VisionEncoderDecoderModel(config=config).eval()
+    assert isinstance(model.enc_to_dec_proj, torch.nn.Linear)
+    suppress(model, [BOS, PAD])
+    pixel_values = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        states = model.encoder(pixel_values=pixel_values).last_hidden_state
+    side = 16 // 4
+    assert states.shape[1] == 1 + side * side  # ViT: CLS, then the patches
+    return model, {"pixel_values": pixel_values}, [[((side, side), 1)], [((side, side), 1)]]
+
+
+def vision_encoder_decoder_attention(model):
+    order = [("encoder", layer.attention) for layer in model.encoder.layers]
+    for block in model.decoder.transformer.h:
+        order += [("self", block.attn), ("cross", block.crossattention)]
+    return order
+
+
+def every_encoder_state(model, inputs) -> list[torch.Tensor]:
+    with torch.no_grad():
+        length = model.encoder(pixel_values=inputs["pixel_values"]).last_hidden_state.shape[1]
+    return [torch.arange(length) for _ in range(inputs["pixel_values"].shape[0])]
+
+
 def patch_positions(model, inputs) -> list[torch.Tensor]:
     return [(row[:, 0] > 0).nonzero().flatten() for row in inputs["flattened_patches"]]
 
@@ -263,6 +319,12 @@ CASES = {
         EncoderDecoderCase("florence2", florence2_build, florence2_attention, placeholder_positions),
         EncoderDecoderCase("t5gemma2", t5gemma2_build, t5gemma2_attention, placeholder_positions),
         EncoderDecoderCase("pix2struct", pix2struct_build, pix2struct_attention, patch_positions),
+        EncoderDecoderCase(
+            "vision-encoder-decoder",
+            vision_encoder_decoder_build,
+            vision_encoder_decoder_attention,
+            every_encoder_state,
+        ),
     )
 }
 
@@ -303,6 +365,8 @@ def reference_maps(model, head, inputs, sequences, layouts) -> torch.Tensor:
     with torch.no_grad():
         out = model(**inputs, decoder_input_ids=sequences[:, :-1], output_hidden_states=True)
         encoder_states, decoder_states = out.encoder_last_hidden_state, out.decoder_hidden_states[-1]
+        if hasattr(model, "enc_to_dec_proj"):  # VisionEncoderDecoder: the states its decoder's cross-attention reads
+            encoder_states = model.enc_to_dec_proj(encoder_states)
         width = max(layout.num_image_tokens for layout in layouts)
         maps = torch.zeros(sequences.shape[0], sequences.shape[1] - 1, width)
         for row, layout in enumerate(layouts):
