@@ -36,13 +36,15 @@ above): greedy; seeded sampling; sampling with 3 return sequences; beam search w
 4 beams returning 4 (maps of the returned beams); a streamer with row-wise stopping criteria. Beam search 3/2 runs
 in the default test run, the rest under the `slow` marker.
 
-Encoder-decoder models with the image in the encoder (Florence-2, T5Gemma 2, Pix2Struct, VisionEncoderDecoder;
-`EncoderDecoderAdapter`) take another route: the head reads the decoder's last hidden state of each generated token
-against the encoder's last hidden states at the image positions of the encoder's input (placeholder tokens; for
-Pix2Struct every real patch, for VisionEncoderDecoder every encoder state, projected as its decoder reads them), and the teacher follows Chefer et al.'s encoder-decoder
-rules (docs/teacher.md). Their tests are in `tests/models/test_encoder_decoder.py`: layouts against the vision
-tower's own output, greedy and beam search 3/2 with identical tokens and maps equal to the head on a separate forward,
-the processor reused, and the teacher equal to a naive reference.
+Encoder-decoder models with the image in the encoder (Florence-2, T5Gemma 2, Pix2Struct, VisionEncoderDecoder,
+PP-FormulaNet; `EncoderDecoderAdapter`) take another route: the head reads the decoder's last hidden state of each
+generated token against the encoder's last hidden states at the image positions of the encoder's input (placeholder
+tokens; for Pix2Struct every real patch; for VisionEncoderDecoder every encoder state, projected as its decoder reads
+them; for PP-FormulaNet the conv-pooled states its decoder reads), and the teacher follows Chefer et al.'s
+encoder-decoder rules (docs/teacher.md; PP-FormulaNet is refused: the rules do not cover its pooling convolutions).
+Their tests are in `tests/models/test_encoder_decoder.py`: layouts against the vision tower's own output, greedy and
+beam search 3/2 with identical tokens and maps equal to the head on a separate forward, the processor reused, and the
+teacher equal to a naive reference (for greedy and beam-search sequences).
 """
 
 ALL_MODES = "all: greedy, sampling, return sequences, beam search, streamer"
@@ -55,7 +57,7 @@ MODE_EXCEPTIONS = {
     # --- encdec
     **{
         model_type: "greedy; beam search 3 returning 2 (tests/models/test_encoder_decoder.py, not the mode matrix)"
-        for model_type in ("florence2", "t5gemma2", "pix2struct", "vision-encoder-decoder")
+        for model_type in ("florence2", "t5gemma2", "pix2struct", "vision-encoder-decoder", "pp_formulanet")
     },
     **{
         model_type: ALL_MODES
@@ -113,7 +115,6 @@ NOT_DONE: dict[str, str] = {
     "mllama": "cross-attention: images enter through gated cross-attention layers, not as tokens of the decoder's "
     "sequence; route: read the decoder's last state against the cross-attention states (not written)",
     "udop": "encoder-decoder (T5) over layout tokens",
-    "pp_formulanet": "encoder-decoder",
     "kosmos-2": "images written through `image_embeds_position_mask`, no placeholder id in the config (not written)",
     "kosmos-2.5": "as Kosmos-2, plus flattened patches",
     "git": "image features prepended to the text embeddings without placeholder tokens (not written)",

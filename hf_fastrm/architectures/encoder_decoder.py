@@ -75,6 +75,8 @@ class EncoderDecoderAdapter(PlaceholderAdapter):
     is_encoder_decoder = True
     family = "encoder-decoder, images in the encoder"
     teacher_support = "yes (Chefer et al.'s encoder-decoder rules)"
+    teacher_refusal: str | None = None
+    """Why the gradient teacher cannot explain this family (it raises `NotImplementedError` with it), or None."""
 
     # ------------------------------------------------------------------ modules
     def encoder(self, model: nn.Module) -> nn.Module:
@@ -391,9 +393,69 @@ class VisionEncoderDecoderAdapter(EncoderDecoderAdapter):
         return projection(states) if isinstance(projection, nn.Module) else states
 
 
+class PPFormulaNetAdapter(EncoderDecoderAdapter):
+    """``PPFormulaNetForConditionalGeneration``: a SAM-style ViT encoder whose patch features (``(H / patch, W /
+    patch)``) two stride-2 convolutions pool into the states the decoder cross-attends to (the encoder output's
+    ``pooler_output``, ``PPFormulaNetMultiModalProjector``), flattened row-major. The keys are those pooled states,
+    one grid cell each.
+    """
+
+    family = "PP-FormulaNet"
+    grid_description = (
+        "every pooled encoder state (`pooler_output`) is the image's; one (H / patch / 4, W / patch / 4) grid "
+        "(two stride-2 convolutions, rounded up)"
+    )
+    teacher_support = (
+        "no: the decoder cross-attends to conv-pooled encoder features; Chefer et al.'s rules have no rule through "
+        "the projector's convolutions (the encoder's attention is over the unpooled patches)"
+    )
+    teacher_refusal = teacher_support
+
+    def __init__(self) -> None:
+        super().__init__(
+            ("pp_formulanet",),
+            family=self.family,
+            grid_description=self.grid_description,
+            teacher_support=self.teacher_support,
+            tested_configs=(
+                "pp_formulanet: tiny SAM-style encoder (patch 8, 64x64 px, window and global attention) + mBART "
+                "decoder (2 layers), 2x2 pooled grid; tests/models/test_encoder_decoder.py",
+            ),
+        )
+
+    def encoder_layout(self, config: Any, prompt: dict[str, Any]) -> list[RowImageLayout]:
+        pixel_values = prompt.get("pixel_values")
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
+            raise ValueError(
+                "PP-FormulaNet reads the image from `pixel_values` `(batch, channels, height, width)`, which "
+                "generate() was not given. Pass what its processor returned."
+            )
+        patch = config.vision_config.patch_size
+        patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
+        rows, cols = int(pixel_values.shape[-2]) // patch_h, int(pixel_values.shape[-1]) // patch_w
+        for _ in range(2):  # the projector's two convolutions: kernel 3, stride 2, padding 1
+            rows, cols = _conv_output(rows, 3, 2, 1), _conv_output(cols, 3, 2, 1)
+        grid = torch.arange(rows * cols).view(rows, cols)
+        return [RowImageLayout(torch.arange(rows * cols), [grid], ["image 0"]) for _ in range(pixel_values.shape[0])]
+
+    def image_key_states(
+        self, model: nn.Module, decoder_states: torch.Tensor, forward_kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """The pooled encoder states the decoder cross-attends to (``encoder_outputs.pooler_output``)."""
+        encoder_outputs = forward_kwargs.get("encoder_outputs")
+        pooled = getattr(encoder_outputs, "pooler_output", None)
+        if pooled is None:
+            raise ValueError(
+                "PP-FormulaNet's decoder reads the encoder's `pooler_output`, which the forward's `encoder_outputs` "
+                "lack. Call the model's generate() with the processor's pixel values."
+            )
+        return pooled
+
+
 ENCODER_DECODER_FAMILIES: tuple[EncoderDecoderAdapter, ...] = (
     Florence2Adapter(),
     T5Gemma2Adapter(),
     Pix2StructAdapter(),
     VisionEncoderDecoderAdapter(),
+    PPFormulaNetAdapter(),
 )

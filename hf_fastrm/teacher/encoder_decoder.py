@@ -201,6 +201,11 @@ def encoder_decoder_relevancy(
     adapter = get_adapter(model)
     if not isinstance(adapter, EncoderDecoderAdapter):
         raise ValueError(f"{type(model).__name__} is not an encoder-decoder family of hf_fastrm.")
+    if adapter.teacher_refusal:
+        raise NotImplementedError(
+            f"The gradient teacher does not support {adapter.family} ({adapter.teacher_refusal.removeprefix('no: ')}). "
+            "FastRM heads still work."
+        )
     sequences = sequences_of(sequences)
     if token_chunk_size is None:
         token_chunk_size = 2 if next(model.parameters()).device.type == "cpu" else 8
