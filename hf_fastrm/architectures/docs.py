@@ -107,14 +107,20 @@ know), set `model_types`, implement `image_layout(config, input_ids, model_kwarg
 
 # Why a model type of the mapping has no tested adapter (types named nowhere are "untested").
 NOT_DONE: dict[str, str] = {
-    "blip": "encoder-decoder captioner: the text decoder cross-attends to the image; no image tokens in its sequence",
+    "blip": "encoder-decoder captioner, not on the encoder-decoder route yet: `BlipForConditionalGeneration.generate()` "
+    "runs the vision model itself and calls `text_decoder.generate(encoder_hidden_states=image_embeds)`, so the top "
+    "model's forward (which the tap hooks) never runs; the keys would be the text decoder's `encoder_hidden_states` at "
+    "its prefill, whose width (vision) can differ from the decoder's (BLIP-large: 1024 vs 768), which needs a head "
+    "with a separate key width (not written)",
     "blip-2": "Q-Former: 32 learned queries replace the image; they have no patch grid (a 1-D route would need "
     "`image_token_id` set in the config, which BLIP-2 checkpoints from 5.x processors do)",
     "instructblip": "Q-Former, as BLIP-2",
     "instructblipvideo": "Q-Former, as BLIP-2",
     "mllama": "cross-attention: images enter through gated cross-attention layers, not as tokens of the decoder's "
     "sequence; route: read the decoder's last state against the cross-attention states (not written)",
-    "udop": "encoder-decoder (T5) over layout tokens",
+    "udop": "encoder-decoder (T5) over layout tokens, not on the encoder-decoder route yet: its encoder merges image "
+    "patches into the text tokens whose boxes cover them and appends the rest (`combine_image_text_embeddings`), so "
+    "the image positions of the encoder's sequence need that box logic in an adapter (not written)",
     "kosmos-2": "images written through `image_embeds_position_mask`, no placeholder id in the config (not written)",
     "kosmos-2.5": "as Kosmos-2, plus flattened patches",
     "git": "image features prepended to the text embeddings without placeholder tokens (not written)",
