@@ -19,12 +19,13 @@ pixel values) describe the unexpanded rows, the prefill's ``input_ids`` the expa
 records the ``expand_size`` of ``generate()``'s ``_expand_inputs_for_generation`` and computes the layouts of the
 unexpanded rows, each repeated ``expand_size`` times.
 
-Encoder-decoder families (the adapter's ``is_encoder_decoder``: Florence-2, T5Gemma 2) hold the image tokens in the
-encoder's input. ``generate()`` runs the encoder once (``_maybe_prepare_encoder_kwargs_for_generation``, which the
-tap wraps to record the prompt's ``input_ids`` and processor outputs) and passes ``encoder_outputs`` to every decoder
-step; the first decoder forward after that is the prefill. Its layouts index the encoder's input, the image states
-come from the adapter's ``image_key_states`` (the encoder's last hidden states), and `prompt_ids` are the decoder's
-start tokens.
+Encoder-decoder families (the adapter's ``is_encoder_decoder``: Florence-2, T5Gemma 2, Pix2Struct, ...) hold the
+image in the encoder's input. ``generate()`` runs the encoder once (``_maybe_prepare_encoder_kwargs_for_generation``,
+which the tap wraps to record the prompt: its main input, ``input_ids`` or ``flattened_patches`` or ``pixel_values``,
+and the processor outputs) and passes ``encoder_outputs`` to every decoder step; the first decoder forward after that
+is the prefill. Its layouts (the adapter's ``encoder_layout``) index the encoder's sequence, the image states come
+from the adapter's ``image_key_states`` (the encoder's last hidden states), and `prompt_ids` are the decoder's start
+tokens.
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ class HiddenStateTap:
         self._pending_prefill = True
 
     def _read_encoder_decoder_prefill(self, kwargs: dict[str, Any]) -> None:
-        """The first decoder forward after generate() encoded a prompt: layouts over the encoder's input ids."""
+        """The first decoder forward after generate() encoded a prompt: layouts over the encoder's sequence."""
         prompt, self._encoder_prompt = self._encoder_prompt, None
         encoder_kwargs, self._encoder_kwargs = self._encoder_kwargs, {}
         expand_size, self._expand_size = self._expand_size, None

@@ -83,7 +83,8 @@ class ArchitectureAdapter:
     is_encoder_decoder: bool = False
     """Whether the image tokens live in an encoder's sequence that the text decoder cross-attends to (Florence-2,
     T5Gemma 2): then the layouts' positions index the encoder's input, and [`image_key_states`] the encoder's
-    states (see `hf_fastrm.architectures.encoder_decoder`)."""
+    states. Such adapters subclass `hf_fastrm.architectures.encoder_decoder.EncoderDecoderAdapter`, which adds the
+    `encoder_layout` the tap calls."""
 
     def image_key_states(
         self, model: nn.Module, decoder_states: torch.Tensor, forward_kwargs: dict[str, Any]
