@@ -56,7 +56,8 @@ MODE_EXCEPTIONS = {
     },
     # --- encdec
     **{
-        model_type: "greedy; beam search 3 returning 2 (tests/models/test_encoder_decoder.py, not the mode matrix)"
+        model_type: "greedy; beam search 3 returning 2; sampling with 2 return sequences (slow) "
+        "(tests/models/test_encoder_decoder.py, not the mode matrix; streamer not tested)"
         for model_type in ("florence2", "t5gemma2", "pix2struct", "vision-encoder-decoder", "pp_formulanet")
     },
     **{

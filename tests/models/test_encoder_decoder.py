@@ -489,6 +489,23 @@ def test_beam_search_3_returning_2(name):
     check_against_separate_forward(model, head, expanded(inputs, images, 2), out, rows_expected)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_sampling_with_2_return_sequences(name):
+    """Seeded sampling, each prompt twice: the same tokens as plain generate() with the same seed."""
+    model, inputs, expected, head = built(name)
+    sampling = {"do_sample": True, "max_new_tokens": NEW_TOKENS, "num_return_sequences": 2, "top_k": 0}
+    torch.manual_seed(7)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **sampling)
+    torch.manual_seed(7)
+    out = FastRMWrapper(model, head).generate(**inputs, **sampling, return_relevancy=True)
+    torch.testing.assert_close(out.sequences, plain, rtol=0, atol=0)
+    images = [len(row) for row in expected]
+    rows_expected = [row for row in expected for _ in range(2)]
+    check_against_separate_forward(model, head, expanded(inputs, images, 2), out, rows_expected)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_logits_processor_reused_across_calls(name):
     """One processor, two calls (both prompts, then the second alone): each result is its own call's."""
