@@ -26,6 +26,8 @@ _LAZY_IMPORTS: dict[str, str] = {
     "FastRMHead": "head",
     "FastRMGenerateBeamDecoderOnlyOutput": "outputs",
     "FastRMGenerateDecoderOnlyOutput": "outputs",
+    "FastRMGenerateBeamEncoderDecoderOutput": "outputs",
+    "FastRMGenerateEncoderDecoderOutput": "outputs",
     "FastRMResult": "outputs",
     "FastRMLogitsProcessor": "processor",
     "FastRMWrapper": "wrapper",
@@ -40,7 +42,9 @@ __all__ = [
     "ArchitectureAdapter",
     "FastRMConfig",
     "FastRMGenerateBeamDecoderOnlyOutput",
+    "FastRMGenerateBeamEncoderDecoderOutput",
     "FastRMGenerateDecoderOnlyOutput",
+    "FastRMGenerateEncoderDecoderOutput",
     "FastRMHead",
     "FastRMLogitsProcessor",
     "FastRMResult",
@@ -73,7 +77,9 @@ if TYPE_CHECKING:
     from .methods import RelevancyMethod, available_methods, get_method, register_method
     from .outputs import (
         FastRMGenerateBeamDecoderOnlyOutput,
+        FastRMGenerateBeamEncoderDecoderOutput,
         FastRMGenerateDecoderOnlyOutput,
+        FastRMGenerateEncoderDecoderOutput,
         FastRMResult,
     )
     from .processor import FastRMLogitsProcessor

@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
+from transformers.generation.utils import (
+    GenerateBeamDecoderOnlyOutput,
+    GenerateBeamEncoderDecoderOutput,
+    GenerateDecoderOnlyOutput,
+    GenerateEncoderDecoderOutput,
+)
 from transformers.utils import logging
 
 from .architectures.base import RowImageLayout
@@ -147,13 +152,57 @@ class FastRMGenerateBeamDecoderOnlyOutput(GenerateBeamDecoderOnlyOutput, Relevan
     method: str | None = None
 
 
-def attach_result(outputs: GenerateDecoderOnlyOutput | GenerateBeamDecoderOnlyOutput, result: FastRMResult):
-    """Returns `outputs` as the matching FastRM output class carrying `result`'s fields."""
-    cls = (
-        FastRMGenerateBeamDecoderOnlyOutput
-        if isinstance(outputs, GenerateBeamDecoderOnlyOutput)
-        else FastRMGenerateDecoderOnlyOutput
-    )
+@dataclass
+class FastRMGenerateEncoderDecoderOutput(GenerateEncoderDecoderOutput, RelevancyMixin):
+    """[`~transformers.generation.GenerateEncoderDecoderOutput`] plus FastRM's fields (encoder-decoder families:
+    the maps are over the image tokens of the encoder's input)."""
+
+    relevancy: torch.FloatTensor | None = None
+    confidence: torch.FloatTensor | None = None
+    sequence_confidence: torch.FloatTensor | None = None
+    token_mask: torch.BoolTensor | None = None
+    image_token_mask: torch.BoolTensor | None = None
+    image_layouts: list[RowImageLayout] | None = None
+    special_token_mask: torch.BoolTensor | None = None
+    method: str | None = None
+
+
+@dataclass
+class FastRMGenerateBeamEncoderDecoderOutput(GenerateBeamEncoderDecoderOutput, RelevancyMixin):
+    """[`~transformers.generation.GenerateBeamEncoderDecoderOutput`] plus FastRM's fields; maps follow the
+    returned beams through `beam_indices`."""
+
+    relevancy: torch.FloatTensor | None = None
+    confidence: torch.FloatTensor | None = None
+    sequence_confidence: torch.FloatTensor | None = None
+    token_mask: torch.BoolTensor | None = None
+    image_token_mask: torch.BoolTensor | None = None
+    image_layouts: list[RowImageLayout] | None = None
+    special_token_mask: torch.BoolTensor | None = None
+    method: str | None = None
+
+
+GENERATE_OUTPUTS = (
+    GenerateDecoderOnlyOutput,
+    GenerateBeamDecoderOnlyOutput,
+    GenerateEncoderDecoderOutput,
+    GenerateBeamEncoderDecoderOutput,
+)
+"""The dict outputs of `generate()` that FastRM reads (decoder-only and encoder-decoder, sampling and beams)."""
+BEAM_OUTPUTS = (GenerateBeamDecoderOnlyOutput, GenerateBeamEncoderDecoderOutput)
+
+
+def attach_result(outputs: Any, result: FastRMResult):
+    """Returns `outputs` (one of [`GENERATE_OUTPUTS`]) as the matching FastRM output class carrying `result`'s
+    fields."""
+    if isinstance(outputs, GenerateBeamEncoderDecoderOutput):
+        cls = FastRMGenerateBeamEncoderDecoderOutput
+    elif isinstance(outputs, GenerateEncoderDecoderOutput):
+        cls = FastRMGenerateEncoderDecoderOutput
+    elif isinstance(outputs, GenerateBeamDecoderOnlyOutput):
+        cls = FastRMGenerateBeamDecoderOnlyOutput
+    else:
+        cls = FastRMGenerateDecoderOnlyOutput
     fields = {key: getattr(outputs, key) for key in outputs.__dataclass_fields__}
     return cls(
         **fields,

@@ -11,11 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import LogitsProcessor
-from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 
 from .architectures import RowImageLayout, get_adapter
 from .head import FastRMHead
-from .outputs import FastRMResult
+from .outputs import BEAM_OUTPUTS, GENERATE_OUTPUTS, FastRMResult
 from .results import assemble_result, eos_token_ids, special_token_ids
 from .taps import HiddenStateTap
 
@@ -233,12 +232,12 @@ class FastRMLogitsProcessor(LogitsProcessor):
         """
         beam_indices = getattr(outputs, "beam_indices", None)
         sequences = getattr(outputs, "sequences", outputs)
-        if isinstance(outputs, GenerateBeamDecoderOnlyOutput) and beam_indices is None:
+        if isinstance(outputs, BEAM_OUTPUTS) and beam_indices is None:
             raise ValueError("Beam-search outputs without `beam_indices`: pass return_dict_in_generate=True.")
         if (
             not isinstance(sequences, torch.Tensor)
             or sequences.ndim != 2
-            or not isinstance(outputs, (torch.Tensor, GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput))
+            or not isinstance(outputs, (torch.Tensor, *GENERATE_OUTPUTS))
         ):
             raise TypeError(f"`outputs` must be generate()'s output, got {type(outputs).__name__}.")
         record = self._require_record()

@@ -18,6 +18,14 @@ It encodes them BEFORE it expands the batch for beam search or ``num_return_sequ
 pixel values) describe the unexpanded rows, the prefill's ``input_ids`` the expanded ones. The tap therefore also
 records the ``expand_size`` of ``generate()``'s ``_expand_inputs_for_generation`` and computes the layouts of the
 unexpanded rows, each repeated ``expand_size`` times.
+
+Encoder-decoder families (the adapter's ``is_encoder_decoder``: Florence-2, T5Gemma 2, Pix2Struct, ...) hold the
+image in the encoder's input. ``generate()`` runs the encoder once (``_maybe_prepare_encoder_kwargs_for_generation``,
+which the tap wraps to record the prompt: its main input, ``input_ids`` or ``flattened_patches`` or ``pixel_values``,
+and the processor outputs) and passes ``encoder_outputs`` to every decoder step; the first decoder forward after that
+is the prefill. Its layouts (the adapter's ``encoder_layout``) index the encoder's sequence, the image states come
+from the adapter's ``image_key_states`` (the encoder's last hidden states), and `prompt_ids` are the decoder's start
+tokens.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ class HiddenStateTap:
         self._encoder_kwargs: dict[str, Any] = {}
         self._encoder_depth = 0
         self._expand_size: int | None = None
+        self._encoder_prompt: dict[str, Any] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -86,6 +95,7 @@ class HiddenStateTap:
         self._gather_index: torch.Tensor | None = None
         self._pending_prefill = False
         self._shared_rows = 1
+        self._prefill_kwargs: dict[str, Any] = {}
         self.prefill_error: ValueError | None = None
 
     @property
@@ -126,9 +136,11 @@ class HiddenStateTap:
                 wrapper._fastrm_active = False
         self._encoder_kwargs = {}
         self._expand_size = None
+        self._encoder_prompt = None
 
     _ENCODER_METHODS = ("get_image_features", "get_video_features")
     _EXPAND_METHOD = "_expand_inputs_for_generation"
+    _ENCODE_PROMPT_METHOD = "_maybe_prepare_encoder_kwargs_for_generation"
 
     def _wrap_encoders(self) -> None:
         owners = {id(module): module for module in (self.model, getattr(self.model, "base_model", None)) if module}
@@ -136,6 +148,27 @@ class HiddenStateTap:
             for name in self._ENCODER_METHODS:
                 self._wrap(owner, name, functools.partial(self._recording, needed=self._encoder_inputs(name)))
         self._wrap(self.model, self._EXPAND_METHOD, self._recording_expansion)
+        if self.adapter.is_encoder_decoder:
+            self._wrap(self.model, self._ENCODE_PROMPT_METHOD, self._recording_encoder_prompt)
+
+    def _recording_encoder_prompt(self, original: Callable) -> Callable:
+        """Wraps `generate()`'s encoder step of an encoder-decoder model to record the prompt it encodes (its main
+        input, ``input_ids`` or ``flattened_patches``, and the processor outputs, before generate() drops them): the
+        encoder's sequence, which the image positions of the layouts index."""
+
+        @functools.wraps(original)
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            if recording._fastrm_active:
+                inputs_tensor = kwargs.get("inputs_tensor", args[0] if args else None)
+                model_kwargs = dict(kwargs.get("model_kwargs", args[1] if len(args) > 1 else {}) or {})
+                input_name = kwargs.get("model_input_name", args[2] if len(args) > 2 else None)
+                if inputs_tensor is not None:
+                    model_kwargs[input_name or self.model.main_input_name] = inputs_tensor
+                self._encoder_prompt = model_kwargs
+            return original(*args, **kwargs)
+
+        recording._fastrm_active = True
+        return recording
 
     def _wrap(self, owner: nn.Module, name: str, make_wrapper: Callable[[Callable], Callable]) -> None:
         original = getattr(owner, name, None)
@@ -215,6 +248,9 @@ class HiddenStateTap:
             self.prefill_error = error
 
     def _read_prefill(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        if self.adapter.is_encoder_decoder:
+            self._read_encoder_decoder_prefill(kwargs)
+            return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             if kwargs.get("inputs_embeds") is not None and self.layouts is None:
@@ -230,6 +266,21 @@ class HiddenStateTap:
         expand_size, self._expand_size = self._expand_size, None
         self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
         layouts = self._layouts(input_ids, kwargs, encoder_kwargs, expand_size)
+        expanded = expand_size is not None and expand_size > 1 and _is_expansion(input_ids, expand_size)
+        self._start_prefill(layouts, input_ids, kwargs, shared_rows=expand_size if expanded else 1)
+        if self.gather_text:
+            from .text_tokens import text_token_index
+
+            self._text_index = text_token_index(self.prompt_length, layouts, kwargs.get("attention_mask"))
+
+    def _start_prefill(
+        self, layouts: list[RowImageLayout], prompt_ids: torch.Tensor, kwargs: dict[str, Any], shared_rows: int = 1
+    ) -> None:
+        """Resets the tap for a new prefill whose image states the norm hook gathers at the `layouts`' positions;
+        `prompt_ids` `(rows, prompt_length)` are what the generated tokens follow in `generate()`'s sequences.
+        `shared_rows` > 1: generate() repeated each prompt row that many times in place (beam search,
+        num_return_sequences); the copies' prefill states are the same, so the keys are computed once per group and
+        repeated (less memory at prefill)."""
         check_image_tokens(layouts, "or generate without relevancy")
         num_tokens = max(layout.num_image_tokens for layout in layouts)
         index = torch.zeros(len(layouts), num_tokens, dtype=torch.long)
@@ -239,19 +290,39 @@ class HiddenStateTap:
             mask[row, : layout.num_image_tokens] = True
         self.reset()
         self.layouts = layouts
-        self.prompt_length = int(input_ids.shape[-1])
-        self._prompt_ids = input_ids.detach()
-        self._gather_index = index.to(input_ids.device)
-        self.image_token_mask = mask.to(input_ids.device)
-        # generate() repeated each prompt row in place (beam search, num_return_sequences): the copies' prefill
-        # states are the same, so the keys are computed once per group and repeated (less memory at prefill)
-        if expand_size is not None and expand_size > 1 and _is_expansion(input_ids, expand_size):
-            self._shared_rows = expand_size
-        if self.gather_text:
-            from .text_tokens import text_token_index
-
-            self._text_index = text_token_index(self.prompt_length, layouts, kwargs.get("attention_mask"))
+        self.prompt_length = int(prompt_ids.shape[-1])
+        self._prompt_ids = prompt_ids.detach()
+        self._gather_index = index.to(prompt_ids.device)
+        self.image_token_mask = mask.to(prompt_ids.device)
+        self._prefill_kwargs = kwargs
+        self._shared_rows = shared_rows
         self._pending_prefill = True
+
+    def _read_encoder_decoder_prefill(self, kwargs: dict[str, Any]) -> None:
+        """The first decoder forward after generate() encoded a prompt: layouts over the encoder's sequence."""
+        prompt, self._encoder_prompt = self._encoder_prompt, None
+        encoder_kwargs, self._encoder_kwargs = self._encoder_kwargs, {}
+        expand_size, self._expand_size = self._expand_size, None
+        if prompt is None or kwargs.get("encoder_outputs") is None:
+            return  # a decoding step, or a call outside generate()
+        if self.gather_text:
+            raise ValueError(
+                "A question-aware FastRM head reads the prompt's text tokens in the decoder's sequence; encoder-decoder "
+                "models hold the prompt in the encoder, which that head does not support yet. Use a plain head."
+            )
+        decoder_ids = kwargs.get("decoder_input_ids")
+        if decoder_ids is None:
+            raise ValueError("FastRM found no `decoder_input_ids` in the encoder-decoder model's first decoding step.")
+        layouts = self.adapter.encoder_layout(self.model.config, {**encoder_kwargs, **prompt})
+        rows, prompts = int(decoder_ids.shape[0]), len(layouts)
+        if rows % prompts or (expand_size is not None and rows != prompts * expand_size):
+            raise ValueError(
+                f"FastRM could not pair the {prompts} encoded prompts with the {rows} decoder rows generate() expanded "
+                "them to. This is a limitation of hf_fastrm with this model or transformers version; please report it."
+            )
+        # generate() expands the encoder's outputs with repeat_interleave, each prompt's rows together
+        layouts = [layout for layout in layouts for _ in range(rows // prompts)]
+        self._start_prefill(layouts, decoder_ids, kwargs, shared_rows=rows // prompts)
 
     def _layouts(
         self, input_ids: torch.Tensor, kwargs: dict[str, Any], encoder_kwargs: dict[str, Any], expand_size: int | None
@@ -302,17 +373,18 @@ class HiddenStateTap:
             self.prefill_count += 1
             # one row of each group of in-place copies (all rows without beam search / num_return_sequences)
             share = self._shared_rows
-            rows = hidden.detach()[::share]
-            index = self._gather_index[::share].to(hidden.device)
-            image_states = torch.gather(rows, 1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            source = self.adapter.image_key_states(self.model, hidden, self._prefill_kwargs).detach()[::share]
+            self._prefill_kwargs = {}
+            index = self._gather_index[::share].to(source.device)
+            image_states = torch.gather(source, 1, index.unsqueeze(-1).expand(-1, -1, source.shape[-1]))
             # in place: the gathered copy is ours, and a second (rows, image_tokens, hidden) copy would add to the
             # prefill's peak memory
-            image_states.mul_(self.image_token_mask[::share].to(hidden.device).unsqueeze(-1))
+            image_states.mul_(self.image_token_mask[::share].to(source.device).unsqueeze(-1))
             if self._text_index is not None:
                 from .text_tokens import gather_positions
 
                 text_index, text_mask = self._text_index
-                self.text_states = gather_positions(rows, text_index[::share], text_mask[::share])
+                self.text_states = gather_positions(hidden.detach()[::share], text_index[::share], text_mask[::share])
                 self.text_token_mask = text_mask[::share].to(hidden.device)
                 self._text_index = None
             features = self.on_prefill(image_states) if self.on_prefill is not None else image_states

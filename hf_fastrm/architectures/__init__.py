@@ -2,6 +2,7 @@
 
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
+from .encoder_decoder import ENCODER_DECODER_FAMILIES, EncoderDecoderAdapter, Florence2Adapter, T5Gemma2Adapter
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
@@ -41,12 +42,14 @@ for _adapter in (
     Llama4Adapter,
 ):
     register_architecture(_adapter)
-for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
+for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter(), *ENCODER_DECODER_FAMILIES):
     register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
     "AyaVisionAdapter",
+    "EncoderDecoderAdapter",
+    "Florence2Adapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
     "HunYuanVLAdapter",
@@ -62,6 +65,7 @@ __all__ = [
     "PlaceholderAdapter",
     "Qwen2VLAdapter",
     "RowImageLayout",
+    "T5Gemma2Adapter",
     "VipLlavaAdapter",
     "get_adapter",
     "register_architecture",

@@ -80,6 +80,29 @@ class ArchitectureAdapter:
         """The language model's decoder layers, first to last."""
         return self.language_model(model).layers
 
+    is_encoder_decoder: bool = False
+    """Whether the image tokens live in an encoder's sequence that the text decoder cross-attends to (Florence-2,
+    T5Gemma 2): then the layouts' positions index the encoder's input, and [`image_key_states`] the encoder's
+    states. Such adapters subclass `hf_fastrm.architectures.encoder_decoder.EncoderDecoderAdapter`, which adds the
+    `encoder_layout` the tap calls."""
+
+    def image_key_states(
+        self, model: nn.Module, decoder_states: torch.Tensor, forward_kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """The states the layouts' image positions index, from which the head computes its keys.
+
+        Args:
+            model (`nn.Module`): the top-level model.
+            decoder_states (`torch.Tensor` of shape `(rows, seq, hidden)`): the final norm's output of the prefill
+                (the decoder's last hidden states).
+            forward_kwargs (`dict`): the keyword arguments of that prefill's forward (``encoder_outputs``, ...).
+
+        Returns:
+            `(rows, positions, width)`: here the decoder's own states, where decoder-only families write the image
+            features; an encoder-decoder adapter returns the encoder's last hidden states.
+        """
+        return decoder_states
+
     def image_token_id(self, config: Any) -> int:
         token_id = getattr(config, "image_token_id", None)
         if token_id is None:

@@ -35,6 +35,16 @@ model's own tower expects (Gemma 4: its real image processor), with as many plac
 above): greedy; seeded sampling; sampling with 3 return sequences; beam search with 2 beams, 3 beams returning 2,
 4 beams returning 4 (maps of the returned beams); a streamer with row-wise stopping criteria. Beam search 3/2 runs
 in the default test run, the rest under the `slow` marker.
+
+Encoder-decoder models with the image in the encoder (Florence-2, T5Gemma 2, Pix2Struct, VisionEncoderDecoder,
+PP-FormulaNet; `EncoderDecoderAdapter`) take another route: the head reads the decoder's last hidden state of each
+generated token against the encoder's last hidden states at the image positions of the encoder's input (placeholder
+tokens; for Pix2Struct every real patch; for VisionEncoderDecoder every encoder state, projected as its decoder reads
+them; for PP-FormulaNet the conv-pooled states its decoder reads), and the teacher follows Chefer et al.'s
+encoder-decoder rules (docs/teacher.md; PP-FormulaNet is refused: the rules do not cover its pooling convolutions).
+Their tests are in `tests/models/test_encoder_decoder.py`: layouts against the vision tower's own output, greedy and
+beam search 3/2 with identical tokens and maps equal to the head on a separate forward, the processor reused, and the
+teacher equal to a naive reference (for greedy and beam-search sequences).
 """
 
 ALL_MODES = "all: greedy, sampling, return sequences, beam search, streamer"
@@ -43,6 +53,12 @@ MODE_EXCEPTIONS = {
     **{
         model_type: "all but beam search: plain generate() fails with beams in transformers 5.24 (IndexError)"
         for model_type in ("cosmos3_omni", "granite_docling", "qwen3_omni_moe_thinker", "cohere_compass")
+    },
+    # --- encdec
+    **{
+        model_type: "greedy; beam search 3 returning 2; sampling with 2 return sequences (slow) "
+        "(tests/models/test_encoder_decoder.py, not the mode matrix; streamer not tested)"
+        for model_type in ("florence2", "t5gemma2", "pix2struct", "vision-encoder-decoder", "pp_formulanet")
     },
     **{
         model_type: ALL_MODES
@@ -92,20 +108,20 @@ know), set `model_types`, implement `image_layout(config, input_ids, model_kwarg
 
 # Why a model type of the mapping has no tested adapter (types named nowhere are "untested").
 NOT_DONE: dict[str, str] = {
-    "blip": "encoder-decoder captioner: the text decoder cross-attends to the image; no image tokens in its sequence",
+    "blip": "encoder-decoder captioner, not on the encoder-decoder route yet: `BlipForConditionalGeneration.generate()` "
+    "runs the vision model itself and calls `text_decoder.generate(encoder_hidden_states=image_embeds)`, so the top "
+    "model's forward (which the tap hooks) never runs; the keys would be the text decoder's `encoder_hidden_states` at "
+    "its prefill, whose width (vision) can differ from the decoder's (BLIP-large: 1024 vs 768), which needs a head "
+    "with a separate key width (not written)",
     "blip-2": "Q-Former: 32 learned queries replace the image; they have no patch grid (a 1-D route would need "
     "`image_token_id` set in the config, which BLIP-2 checkpoints from 5.x processors do)",
     "instructblip": "Q-Former, as BLIP-2",
     "instructblipvideo": "Q-Former, as BLIP-2",
     "mllama": "cross-attention: images enter through gated cross-attention layers, not as tokens of the decoder's "
     "sequence; route: read the decoder's last state against the cross-attention states (not written)",
-    "florence2": "encoder-decoder (BART): image tokens are in the encoder; route: decoder state vs encoder image "
-    "states with Chefer et al.'s encoder-decoder rules (not written)",
-    "pix2struct": "encoder-decoder; the encoder reads flattened patches, no placeholder tokens",
-    "udop": "encoder-decoder (T5) over layout tokens",
-    "t5gemma2": "encoder-decoder: images in the encoder (route as Florence-2, not written)",
-    "vision-encoder-decoder": "generic encoder-decoder: images only in the encoder",
-    "pp_formulanet": "encoder-decoder",
+    "udop": "encoder-decoder (T5) over layout tokens, not on the encoder-decoder route yet: its encoder merges image "
+    "patches into the text tokens whose boxes cover them and appends the rest (`combine_image_text_embeddings`), so "
+    "the image positions of the encoder's sequence need that box logic in an adapter (not written)",
     "kosmos-2": "images written through `image_embeds_position_mask`, no placeholder id in the config (not written)",
     "kosmos-2.5": "as Kosmos-2, plus flattened patches",
     "git": "image features prepended to the text embeddings without placeholder tokens (not written)",

@@ -29,11 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers.generation.utils import GenerateBeamDecoderOnlyOutput, GenerateDecoderOnlyOutput
 from transformers.utils import ModelOutput, logging
 
 from ..architectures import get_adapter
-from ..outputs import FastRMResult
+from ..outputs import GENERATE_OUTPUTS, FastRMResult
 from ..results import (
     call_eos_token_id,
     image_slots,
@@ -174,6 +173,26 @@ def gradient_relevancy(
     model = _unwrap(model)
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
+    if get_adapter(model).is_encoder_decoder:
+        if layers is not None or return_text_relevancy:
+            raise ValueError(
+                "`layers` and `return_text_relevancy` are not supported for encoder-decoder models yet: their teacher "
+                "(Chefer et al.'s encoder-decoder rules, `hf_fastrm.teacher.encoder_decoder`) uses every layer and "
+                "returns the maps over the encoder's image tokens."
+            )
+        from .encoder_decoder import encoder_decoder_relevancy
+
+        return encoder_decoder_relevancy(
+            model,
+            inputs,
+            sequences,
+            target=target,
+            return_hidden_states=return_hidden_states,
+            token_chunk_size=token_chunk_size,
+            show_progress=show_progress,
+            eos_token_id=eos_token_id,
+            special_token_ids_=special_token_ids,
+        )
     if token_chunk_size is None:
         token_chunk_size = 2 if next(model.parameters()).device.type == "cpu" else 8
     if attention_block_rows is None:
@@ -254,9 +273,9 @@ def gradient_relevancy_for_outputs(model: nn.Module, outputs: Any, inputs: dict[
     """
     model = _unwrap(model)
     sequences = getattr(outputs, "sequences", outputs)
-    if not isinstance(outputs, (torch.Tensor, GenerateDecoderOnlyOutput, GenerateBeamDecoderOnlyOutput)):
+    if not isinstance(outputs, (torch.Tensor, *GENERATE_OUTPUTS)):
         raise TypeError(
-            f"`outputs` must be generate()'s output of a decoder-only model, got {type(outputs).__name__}."
+            f"`outputs` must be generate()'s output (sequences or a dict output), got {type(outputs).__name__}."
         )
     return gradient_relevancy(model, inputs, sequences, eos_token_id=call_eos_token_id(inputs)).result
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from family_builders import FamilyCase
+from test_encoder_decoder import CASES as ENCODER_DECODER_CASES
 from test_families import CASES
 
 from hf_fastrm import ArchitectureAdapter, register_architecture
@@ -27,14 +28,16 @@ def test_committed_page_is_up_to_date():
 
 
 def test_tested_configs_name_the_suites_cases():
-    names = {case.name for case in CASES}
+    # the shared suite's cases, and the encoder-decoder cases (test_encoder_decoder.py, named by model type)
+    model_types = {case.name: case_model_type(case) for case in CASES} | {name: name for name in ENCODER_DECODER_CASES}
+    names = set(model_types)
     listed = set()
     for adapter in {id(a): a for a in registered_adapters().values()}.values():
         for config in getattr(adapter, "tested_configs", ()):
             name = config.split(":")[0]
             assert name in names, f"{type(adapter).__name__} lists {name!r}, which tests/models does not build"
             listed.add(name)
-            assert case_model_type(next(c for c in CASES if c.name == name)) in adapter.model_types
+            assert model_types[name] in adapter.model_types
     assert listed == names, f"cases missing from the adapters' tested_configs: {sorted(names - listed)}"
 
 
