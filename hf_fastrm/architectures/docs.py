@@ -134,8 +134,6 @@ NOT_DONE: dict[str, str] = {
     "yet (its patch embedder's width differs from Gemma 4's)",
     "hy_v4_vl": "untested: its tower writes a different number of features per image than `image_grid_thw` / merge "
     "(extra features like HunYuanVL's); needs a family adapter",
-    "cosmos3_edge": "untested: the tiny model's rope index expects more tokens per image than its tower gives at the "
-    "table's sizes",
     "ernie4_5_vl_moe": "untested: its 3-D rotary split needs sizes the table does not set yet",
     "inkling2": "untested: its tower expects (patch rows, patch cols, channels) pixel layouts the table does not build",
     "inkling2_loop": "untested: as inkling2",

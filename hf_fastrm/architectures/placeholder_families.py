@@ -214,4 +214,11 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         grid_description=SQUARE + "; videos one 1-D grid each",
         tested_configs=("video_llava: CLIP image tower; 1 and 2 images a row",),
     ),
+    # --- qwenlike
+    PlaceholderAdapter(
+        ("cosmos3_edge",),
+        family="Cosmos 3 Edge",
+        grid_description=THW,
+        tested_configs=("cosmos3_edge: packed SigLIP2 tower, merge 2; image_grid_thw 1x4x4, 1x4x6, 1x6x4",),
+    ),
 )

@@ -339,6 +339,12 @@ def table_case(entry: TableEntry) -> FamilyCase:
     return case
 
 
+# --- qwenlike
+HIGH_IDS = {"image_token_id": 200, "video_token_id": 201, "vision_start_token_id": 202, "vision_end_token_id": 203}
+"""Special ids for configs whose defaults sit inside the tiny vocabulary's word range (shrink only remaps ids at or
+above FIRST_SPECIAL), so prompt words cannot collide with them."""
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 def gemma4_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     """Gemma 4's own image processor (patch 4, pooling 2) on 16x24, 24x16 and 16x16 images, without its resize (at
@@ -503,6 +509,8 @@ TABLE: list[TableEntry] = [
         teacher_issue="hybrid decoder: Gated DeltaNet layers have no softmax attention for the teacher to record",
         notes="Qwen3.5 MoE: hybrid linear/full-attention decoder, 4 experts",
     ),
+    # --- qwenlike
+    TableEntry("cosmos3_edge", pixels="thw", mrope=True, overrides=HIGH_IDS, notes="packed SigLIP2 tower, merge 2"),
 ]
 
 
