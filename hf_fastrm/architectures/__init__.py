@@ -6,6 +6,7 @@ from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
 from .hunyuan_vl import HunYuanVLAdapter
+from .hy_v4_vl import HYV4VLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llama4 import Llama4Adapter
@@ -43,12 +44,16 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
+# --- qwenlike
+for _instance in (HYV4VLAdapter(),):
+    register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
     "AyaVisionAdapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
+    "HYV4VLAdapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
     "InternVLAdapter",

@@ -343,6 +343,20 @@ def table_case(entry: TableEntry) -> FamilyCase:
 HIGH_IDS = {"image_token_id": 200, "video_token_id": 201, "vision_start_token_id": 202, "vision_end_token_id": 203}
 """Special ids for configs whose defaults sit inside the tiny vocabulary's word range (shrink only remaps ids at or
 above FIRST_SPECIAL), so prompt words cannot collide with them."""
+HY_V4 = {
+    "text_config.qk_rope_head_dim": 8,
+    "text_config.head_dim": 8,
+    "text_config.qk_head_dim": 12,
+    "text_config.index_head_dim": 16,
+    "text_config.num_key_value_heads": 4,
+}
+"""HY-V4-VL's rotary embedding is as wide as the MLA rope slice (its config sets `head_dim = qk_rope_head_dim`,
+which `shrink` undoes) and its 3-D split needs `mrope_section` to fill half of it: rope slice 8, sections [2, 1, 1].
+MLA expands one key/value per query head (its config ties `num_key_value_heads` to the heads)."""
+HY_V4_TEACHER = (
+    "its attention has learned sinks (`s_aux`, an extra softmax column per head that is dropped after the softmax), "
+    "which the teacher's recorded attention does not model: it refuses them (NotImplementedError)"
+)
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -511,6 +525,14 @@ TABLE: list[TableEntry] = [
     ),
     # --- qwenlike
     TableEntry("cosmos3_edge", pixels="thw", mrope=True, overrides=HIGH_IDS, notes="packed SigLIP2 tower, merge 2"),
+    TableEntry(
+        "hy_v4_vl",
+        pixels="thw",
+        mrope=True,
+        overrides=HY_V4,
+        teacher_issue=HY_V4_TEACHER,
+        notes="newline feature per merged row; hyper-connection MLA decoder, rotary on the 8-wide rope slice",
+    ),
 ]
 
 
@@ -536,6 +558,10 @@ LOCALITY_UNCHECKED = {
 """Table cases the locality test marks as expected failures, with why."""
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
+# --- qwenlike
+ROW_MAJOR_PATCHES = {"hy_v4_vl"}
+"""Table cases whose flattened patches are in row-major `(t, h, w)` order, not Qwen's merge-block order (HY-V4-VL's
+image processor: "Flatten patches in row-major order in comparison to Qwen"; its merger reshapes them to `(h, w)`)."""
 
 
 def table_cases() -> list[FamilyCase]:
