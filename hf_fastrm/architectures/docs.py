@@ -132,7 +132,6 @@ NOT_DONE: dict[str, str] = {
     "diffusion_gemma": "block diffusion (`DiffusionGemmaForBlockDiffusion`), not autoregressive `generate()`",
     "gemma4_unified": "untested: the Gemma 4 adapter's layout should apply; the table's tiny config does not build "
     "yet (its patch embedder's width differs from Gemma 4's)",
-    "ernie4_5_vl_moe": "untested: its 3-D rotary split needs sizes the table does not set yet",
     "inkling2": "untested: its tower expects (patch rows, patch cols, channels) pixel layouts the table does not build",
     "inkling2_loop": "untested: as inkling2",
     "muse_glimmer": "untested: its projector's output width is not derived from the shrunk config",

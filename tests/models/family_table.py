@@ -357,6 +357,16 @@ HY_V4_TEACHER = (
     "its attention has learned sinks (`s_aux`, an extra softmax column per head that is dropped after the softmax), "
     "which the teacher's recorded attention does not model: it refuses them (NotImplementedError)"
 )
+ERNIE = {
+    "text_config.rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [1, 1, 2]},
+    "text_config.moe_num_experts": 4,
+    "text_config.moe_k": 2,
+    "text_config.moe_num_shared_experts": 1,
+    "text_config.moe_intermediate_size": [16, 16],
+}
+"""ERNIE 4.5 VL: its rotary embedding pre-rotates the height/width frequencies and keeps the last `mrope_section[2]`
+for time, so the sections must fill head_dim / 2 = 4 with equal height and width parts ([1, 1, 2]); its MoE sizes
+(text and vision experts) have names of their own."""
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -533,6 +543,7 @@ TABLE: list[TableEntry] = [
         teacher_issue=HY_V4_TEACHER,
         notes="newline feature per merged row; hyper-connection MLA decoder, rotary on the 8-wide rope slice",
     ),
+    TableEntry("ernie4_5_vl_moe", pixels="thw", mrope=True, overrides=ERNIE, notes="text/vision MoE decoder"),
 ]
 
 
