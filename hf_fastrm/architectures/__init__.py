@@ -16,6 +16,7 @@ from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
+from .qwen4_exp import Qwen4ExpAdapter
 from .qwen_vl import Qwen2VLAdapter
 from .registry import (
     get_adapter,
@@ -45,7 +46,7 @@ for _adapter in (
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
 # --- qwenlike
-for _instance in (HYV4VLAdapter(),):
+for _instance in (HYV4VLAdapter(), Qwen4ExpAdapter()):
     register_architecture(_instance)
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "PaliGemmaAdapter",
     "PlaceholderAdapter",
     "Qwen2VLAdapter",
+    "Qwen4ExpAdapter",
     "RowImageLayout",
     "VipLlavaAdapter",
     "get_adapter",

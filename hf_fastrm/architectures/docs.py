@@ -144,7 +144,6 @@ NOT_DONE: dict[str, str] = {
     "`image_grids` from its processor, which the table does not build",
     "fuyu": "untested: image patches are embedded directly (no vision tower config); placeholder and newline tokens "
     "need a family adapter",
-    "qwen4_exp": "untested: its text decoder ends in a hyper-connection mixer, not a final norm the tap can hook",
 }
 
 

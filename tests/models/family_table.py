@@ -367,6 +367,22 @@ ERNIE = {
 """ERNIE 4.5 VL: its rotary embedding pre-rotates the height/width frequencies and keeps the last `mrope_section[2]`
 for time, so the sections must fill head_dim / 2 = 4 with equal height and width parts ([1, 1, 2]); its MoE sizes
 (text and vision experts) have names of their own."""
+QWEN4_EXP = {
+    "text_config.indexer_n_heads": 2,
+    "text_config.indexer_kv_heads": 1,
+    "text_config.indexer_head_dim": 8,
+    "text_config.indexer_budget": 8,
+    "text_config.indexer_compress_ratio": 2,
+    "text_config.hc_lowrank": 8,
+    "text_config.linear_key_head_dim": 8,
+    "text_config.linear_value_head_dim": 8,
+    "text_config.linear_num_key_heads": 2,
+    "text_config.linear_num_value_heads": 4,
+    "text_config.shared_expert_intermediate_size": 16,
+}
+"""Qwen4-Exp: its full-attention layers always build a QSA token indexer (heads, one key head, budget divisible by
+the compress ratio; a budget of 8 tokens, 4 blocks of 2, so the tiny prompts' attention is really sparse), and its
+Gated DeltaNet and hyper-connection sizes have names of their own."""
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -544,6 +560,14 @@ TABLE: list[TableEntry] = [
         notes="newline feature per merged row; hyper-connection MLA decoder, rotary on the 8-wide rope slice",
     ),
     TableEntry("ernie4_5_vl_moe", pixels="thw", mrope=True, overrides=ERNIE, notes="text/vision MoE decoder"),
+    TableEntry(
+        "qwen4_exp",
+        pixels="thw",
+        mrope=True,
+        overrides=QWEN4_EXP,
+        teacher_issue=HYBRID,
+        notes="hybrid decoder ending in a hyper-connection mixer (no final norm)",
+    ),
 ]
 
 
