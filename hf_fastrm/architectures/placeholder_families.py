@@ -232,4 +232,15 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
             "sections [1, 1, 2]",
         ),
     ),
+    PlaceholderAdapter(
+        ("glm5_next",),
+        family="GLM-5.3-Flash (glm5_next)",
+        grid_description=THW,
+        teacher_support="no: hybrid decoder (its KDA linear-attention layers have no attention map to record; its "
+        "sparse MLA layers do go through AttentionInterface)",
+        tested_configs=(
+            "glm5_next: image_grid_thw 1x4x4, 1x4x6, 1x6x4 (merge 2); one KDA linear-attention layer and one "
+            "DSA-indexed NoPE MLA layer, hyper-connection streams",
+        ),
+    ),
 )

@@ -383,6 +383,26 @@ QWEN4_EXP = {
 """Qwen4-Exp: its full-attention layers always build a QSA token indexer (heads, one key head, budget divisible by
 the compress ratio; a budget of 8 tokens, 4 blocks of 2, so the tiny prompts' attention is really sparse), and its
 Gated DeltaNet and hyper-connection sizes have names of their own."""
+GLM5_NEXT = {
+    "text_config.layer_types": ["linear_attention", "indexed_attention"],
+    "text_config.mlp_layer_types": ["dense", "sparse"],
+    "text_config.indexer_types": ["full", "full"],
+    "text_config.num_key_value_heads": 4,
+    "text_config.qk_rope_head_dim": 0,
+    "text_config.head_dim": 0,
+    "text_config.qk_nope_head_dim": 8,
+    "text_config.qk_head_dim": 8,
+    "text_config.linear_head_dim": 8,
+    "text_config.linear_num_heads": 4,
+    "text_config.index_kpool": 2,
+    "text_config.index_topk": 64,
+}
+"""GLM-5.3-Flash (glm5_next): a NoPE MLA decoder (its config ties `head_dim` to `qk_rope_head_dim = 0` and one
+key/value head per query head, which `shrink` undoes) whose default schedule makes a 2-layer model all linear
+attention: one KDA layer and one DSA-indexed MLA layer here. The indexer's budget (64 tokens, pools of 2) covers the
+tiny prompts: its pool scores go through a ReLU, so a random tiny model gives many pools the score 0 exactly, and a
+smaller budget makes `topk` break those ties differently in a batch of other rows or one decoding step than in a full
+forward (the model's own states then differ, without FastRM, by up to 3.7 on identical rows)."""
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -568,6 +588,13 @@ TABLE: list[TableEntry] = [
         teacher_issue=HYBRID,
         notes="hybrid decoder ending in a hyper-connection mixer (no final norm)",
     ),
+    TableEntry(
+        "glm5_next",
+        pixels="thw",
+        overrides=GLM5_NEXT,
+        teacher_issue=HYBRID,
+        notes="KDA linear attention + DSA-indexed NoPE MLA decoder",
+    ),
 ]
 
 
@@ -594,6 +621,13 @@ LOCALITY_UNCHECKED = {
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
 # --- qwenlike
+EXPANDED_IMAGES_PERMUTED = {
+    "glm5_next": "transformers 5.24's Glm5NextForConditionalGeneration._expand_multimodal_outputs repeats each image "
+    "instead of each row's group of images, so when generate() expands the rows (beam search, num_return_sequences) "
+    "the copies of a two-image row [A, B] get [A, A], [A, B], [B, B]: plain generate() itself decodes other image "
+    "features than a forward of the returned sequences"
+}
+"""Table cases whose own generate() writes the wrong images into expanded rows (test_modes marks those modes xfail)."""
 ROW_MAJOR_PATCHES = {"hy_v4_vl"}
 """Table cases whose flattened patches are in row-major `(t, h, w)` order, not Qwen's merge-block order (HY-V4-VL's
 image processor: "Flatten patches in row-major order in comparison to Qwen"; its merger reshapes them to `(h, w)`)."""
