@@ -30,8 +30,7 @@ class HYV4VLAdapter(PlaceholderAdapter):
             ("hy_v4_vl",),
             family=self.family,
             grid_description=self.grid_description,
-            teacher_support="no: its attention has learned sinks (`s_aux`), which the teacher's recorded attention "
-            "does not model yet; FastRM is unaffected",
+            teacher_support="yes (its learned attention sinks modelled as a dropped softmax column per head)",
             tested_configs=(
                 "hy_v4_vl: image_grid_thw 1x4x4, 1x4x6, 1x6x4 (merge 2): 6, 8 and 9 tokens; hyper-connection MLA "
                 "decoder with a sparse-attention indexer",

@@ -353,10 +353,6 @@ HY_V4 = {
 """HY-V4-VL's rotary embedding is as wide as the MLA rope slice (its config sets `head_dim = qk_rope_head_dim`,
 which `shrink` undoes) and its 3-D split needs `mrope_section` to fill half of it: rope slice 8, sections [2, 1, 1].
 MLA expands one key/value per query head (its config ties `num_key_value_heads` to the heads)."""
-HY_V4_TEACHER = (
-    "its attention has learned sinks (`s_aux`, an extra softmax column per head that is dropped after the softmax), "
-    "which the teacher's recorded attention does not model: it refuses them (NotImplementedError)"
-)
 ERNIE = {
     "text_config.rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [1, 1, 2]},
     "text_config.moe_num_experts": 4,
@@ -576,7 +572,6 @@ TABLE: list[TableEntry] = [
         pixels="thw",
         mrope=True,
         overrides=HY_V4,
-        teacher_issue=HY_V4_TEACHER,
         notes="newline feature per merged row; hyper-connection MLA decoder, rotary on the 8-wide rope slice",
     ),
     TableEntry("ernie4_5_vl_moe", pixels="thw", mrope=True, overrides=ERNIE, notes="text/vision MoE decoder"),
