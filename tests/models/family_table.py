@@ -396,9 +396,10 @@ GLM5_NEXT = {
 """GLM-5.3-Flash (glm5_next): a NoPE MLA decoder (its config ties `head_dim` to `qk_rope_head_dim = 0` and one
 key/value head per query head, which `shrink` undoes) whose default schedule makes a 2-layer model all linear
 attention: one KDA layer and one DSA-indexed MLA layer here. The indexer's budget (64 tokens, pools of 2) covers the
-tiny prompts: its pool scores go through a ReLU, so a random tiny model gives many pools the score 0 exactly, and a
-smaller budget makes `topk` break those ties differently in a batch of other rows or one decoding step than in a full
-forward (the model's own states then differ, without FastRM, by up to 3.7 on identical rows)."""
+tiny prompts: with a budget of 3 pools, plain generate() (without FastRM) decoded a step whose last hidden state differs
+by 0.6 from a full forward of the same sequence (rows stopping at different steps), 0 with this budget. Not diagnosed
+further; a likely cause is that the indexer's ReLU'd pool scores are exactly 0 for many pools of a random tiny model,
+so `topk` breaks ties, which may differ between a decoding step and a full forward."""
 
 
 # ---------------------------------------------------------------------------------------------------- the table
