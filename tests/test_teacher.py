@@ -161,10 +161,14 @@ def test_float32_model_matches_naive_closely():
 
 
 @pytest.mark.parametrize("block_rows", [None, 2, 3])
-@pytest.mark.parametrize("kv_heads,softcap,window", [(4, None, None), (2, None, 3), (1, 5.0, None)])
-def test_probed_attention_equals_autograd_through_eager_attention(kv_heads, softcap, window, block_rows):
+@pytest.mark.parametrize(
+    "kv_heads,softcap,window,sinks",
+    [(4, None, None, False), (2, None, 3, False), (1, 5.0, None, False), (2, None, None, True)],
+)
+def test_probed_attention_equals_autograd_through_eager_attention(kv_heads, softcap, window, sinks, block_rows):
     """The attention's own backward against autograd through plain eager math, for several seeds at once; in row
-    blocks too, with a causal, a left-padded and a sliding-window mask."""
+    blocks too, with a causal, a left-padded and a sliding-window mask, and with attention sinks (one learned logit
+    per head, a softmax column dropped afterwards) and values narrower than keys, as HY-V4's MLA attention has."""
     generator = torch.Generator().manual_seed(kv_heads)
     batch, heads, length, dim, scaling = 2, 4, 7, 8, 0.3
 
@@ -174,7 +178,7 @@ def test_probed_attention_equals_autograd_through_eager_attention(kv_heads, soft
     query, key, value = (
         leaf(batch, heads, length, dim),
         leaf(batch, kv_heads, length, dim),
-        leaf(batch, kv_heads, length, dim),
+        leaf(batch, kv_heads, length, dim - 3 if sinks else dim),
     )
     allowed = torch.ones(length, length, dtype=torch.bool).tril().expand(batch, 1, length, length).clone()
     allowed[0, :, :, :2] = False  # a left-padded row
@@ -183,7 +187,8 @@ def test_probed_attention_equals_autograd_through_eager_attention(kv_heads, soft
         allowed[1] &= ~torch.ones(length, length, dtype=torch.bool).tril(-window)
     mask = torch.zeros(allowed.shape, dtype=torch.float64).masked_fill(~allowed, torch.finfo(torch.float64).min)
     probe = torch.zeros(batch, length, length, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(3, batch, heads, length, dim, generator=generator, dtype=torch.float64)
+    weights = torch.randn(3, batch, heads, length, value.shape[-1], generator=generator, dtype=torch.float64)
+    sink_logits = torch.randn(heads, generator=generator, dtype=torch.float64) + 1.0 if sinks else None
 
     blocks = None if block_rows is None else teacher_attention.row_blocks(mask, length, length, block_rows)
     if block_rows is not None:  # every row once; every key a block leaves out is masked for all its rows
@@ -195,7 +200,9 @@ def test_probed_attention_equals_autograd_through_eager_attention(kv_heads, soft
             assert not allowed[:, :, start:stop, outside].any()
         assert blocks[2:4] == [0, block_rows], "the first rows see only the first keys"
         assert sum(b - a for a, b in zip(blocks[2::4], blocks[3::4], strict=True)) < length * len(blocks) // 4
-    output = teacher_attention._ProbedAttention.apply(query, key, value, mask, probe, scaling, softcap, blocks)
+    output = teacher_attention._ProbedAttention.apply(
+        query, key, value, mask, probe, scaling, softcap, blocks, sink_logits
+    )
     targets = (output.unsqueeze(0) * weights).sum(dim=(1, 2, 3, 4)) ** 2  # three nonlinear targets
     seeds = torch.eye(3, dtype=torch.float64)
     batched = torch.func.vmap(
@@ -206,7 +213,12 @@ def test_probed_attention_equals_autograd_through_eager_attention(kv_heads, soft
     scores = query @ key.repeat_interleave(groups, 1).transpose(-1, -2) * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    probs = torch.softmax(scores + mask, dim=-1)
+    if sinks:
+        column = sink_logits.view(1, heads, 1, 1).expand(batch, heads, length, 1)
+        probs = torch.softmax(torch.cat([scores + mask, column], dim=-1), dim=-1)[..., :length]
+        assert bool((probs.sum(dim=-1) < 1 - 1e-3).all()), "the sinks take no probability: the case tests nothing"
+    else:
+        probs = torch.softmax(scores + mask, dim=-1)
     probs.retain_grad()
     reference_output = probs @ value.repeat_interleave(groups, 1)
     torch.testing.assert_close(output, reference_output)

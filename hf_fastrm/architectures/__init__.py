@@ -7,6 +7,7 @@ from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
 from .hunyuan_vl import HunYuanVLAdapter
+from .hy_v4_vl import HYV4VLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llama4 import Llama4Adapter
@@ -16,6 +17,7 @@ from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
+from .qwen4_exp import Qwen4ExpAdapter
 from .qwen_vl import Qwen2VLAdapter
 from .registry import (
     get_adapter,
@@ -44,6 +46,9 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter(), *ENCODER_DECODER_FAMILIES):
     register_architecture(_instance)
+# --- qwenlike
+for _instance in (HYV4VLAdapter(), Qwen4ExpAdapter()):
+    register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
@@ -52,6 +57,7 @@ __all__ = [
     "Florence2Adapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
+    "HYV4VLAdapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
     "InternVLAdapter",
@@ -64,6 +70,7 @@ __all__ = [
     "PaliGemmaAdapter",
     "PlaceholderAdapter",
     "Qwen2VLAdapter",
+    "Qwen4ExpAdapter",
     "RowImageLayout",
     "T5Gemma2Adapter",
     "VipLlavaAdapter",

@@ -214,4 +214,33 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         grid_description=SQUARE + "; videos one 1-D grid each",
         tested_configs=("video_llava: CLIP image tower; 1 and 2 images a row",),
     ),
+    # --- qwenlike
+    PlaceholderAdapter(
+        ("cosmos3_edge",),
+        family="Cosmos 3 Edge",
+        grid_description=THW,
+        tested_configs=("cosmos3_edge: packed SigLIP2 tower, merge 2; image_grid_thw 1x4x4, 1x4x6, 1x6x4",),
+    ),
+    PlaceholderAdapter(
+        ("ernie4_5_vl_moe",),
+        family="ERNIE 4.5 VL (MoE)",
+        grid_description="one (h/merge, w/merge) grid per image from `image_grid_thw`; images only (its videos merge "
+        "two frames a token, `temporal_merge_size`, which the generic video grid does not know: refused as a token "
+        "count mismatch)",
+        tested_configs=(
+            "ernie4_5_vl_moe: image_grid_thw 1x4x4, 1x4x6, 1x6x4 (merge 2); text/vision MoE decoder, 3-D rotary "
+            "sections [1, 1, 2]",
+        ),
+    ),
+    PlaceholderAdapter(
+        ("glm5_next",),
+        family="GLM-5.3-Flash (glm5_next)",
+        grid_description=THW,
+        teacher_support="no: hybrid decoder (its KDA linear-attention layers have no attention map to record; its "
+        "sparse MLA layers do go through AttentionInterface)",
+        tested_configs=(
+            "glm5_next: image_grid_thw 1x4x4, 1x4x6, 1x6x4 (merge 2); one KDA linear-attention layer and one "
+            "DSA-indexed NoPE MLA layer, hyper-connection streams",
+        ),
+    ),
 )

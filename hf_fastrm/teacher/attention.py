@@ -46,10 +46,16 @@ class _ProbedAttention(torch.autograd.Function):
     """``softmax(q k^T * scaling [+ softcap] + mask) v`` whose backward also returns, as the gradient of `probe`,
     ``mean over heads of clamp(dL/dA * A, min=0)`` of shape `(batch, q_len, k_len)`.
 
-    Shapes: query `(batch, heads, q_len, head_dim)`, key and value `(batch, kv_heads, k_len, head_dim)`, mask
-    broadcastable to `(batch, 1, q_len, k_len)` (additive). Grouped-query attention is computed without repeating
-    keys: the query heads sharing a key head are stacked along the query axis, `(batch, kv_heads, groups * q_len,
-    head_dim)`, so every product is a plain batched matrix product.
+    Shapes: query `(batch, heads, q_len, head_dim)`, key `(batch, kv_heads, k_len, head_dim)`, value `(batch,
+    kv_heads, k_len, v_dim)` (MLA's value heads may be narrower than its query/key heads), output `(batch, heads,
+    q_len, v_dim)`, mask
+    broadcastable to `(batch, 1, q_len, k_len)` (additive), sinks `(heads,)` or None. Grouped-query attention is
+    computed without repeating keys: the query heads sharing a key head are stacked along the query axis, `(batch,
+    kv_heads, groups * q_len, head_dim)`, so every product is a plain batched matrix product.
+
+    Attention sinks (gpt-oss, HY-V4: one learned logit per head, a softmax column dropped afterwards) only change the
+    probabilities (rows sum to less than one); the softmax backward ``A * (g - sum(g * A))`` keeps its form, the sink
+    column's gradient being zero. No gradient flows to the sinks (the teacher freezes the model).
     """
 
     @staticmethod
@@ -62,28 +68,31 @@ class _ProbedAttention(torch.autograd.Function):
         scaling: float,
         softcap: float | None,
         blocks: list[int] | None = None,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        probs, _ = _probabilities(query, key, mask, scaling, softcap)
-        return (probs @ value).view(query.shape)
+        probs, _ = _probabilities(query, key, mask, scaling, softcap, sinks)
+        return (probs @ value).view(*query.shape[:-1], value.shape[-1])
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
         query, key, value, mask, _probe, scaling, softcap, *rest = inputs
-        ctx.save_for_backward(query, key, value, mask)
+        blocks = rest[0] if rest else None
+        sinks = rest[1] if len(rest) > 1 else None
+        ctx.save_for_backward(query, key, value, mask, sinks)
         ctx.scaling = scaling
         ctx.softcap = softcap
-        ctx.blocks = list(rest[0]) if rest and rest[0] is not None else [0, query.shape[2], 0, key.shape[2]]
+        ctx.blocks = list(blocks) if blocks is not None else [0, query.shape[2], 0, key.shape[2]]
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor):
-        query, key, value, mask = ctx.saved_tensors
+        query, key, value, mask, sinks = ctx.saved_tensors
         need_query, need_key, need_value, _, need_probe = ctx.needs_input_grad[:5]
         needs = (need_query, need_key, need_value, need_probe)
-        grads = _backward_op(grad_output, query, key, value, mask, ctx.scaling, ctx.softcap, *needs, ctx.blocks)
+        grads = _backward_op(grad_output, query, key, value, mask, ctx.scaling, ctx.softcap, *needs, ctx.blocks, sinks)
         grad_query, grad_key, grad_value, grad_probe = (
             g if need else None for g, need in zip(grads, needs, strict=True)
         )
-        return grad_query, grad_key, grad_value, None, grad_probe, None, None, None
+        return grad_query, grad_key, grad_value, None, grad_probe, None, None, None, None
 
 
 def attention_backward(
@@ -96,12 +105,13 @@ def attention_backward(
     softcap: float | None,
     needs: tuple[bool, bool, bool, bool],
     blocks: list[int] | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """The backward of [`_ProbedAttention`] for several gradients at once (one per token), explicitly batched.
 
     Args:
-        grad_output (`torch.Tensor` of shape `(tokens, batch, heads, q_len, head_dim)`): gradients of the output.
-        query, key, value, mask, scaling, softcap: as saved by the forward (no token dimension).
+        grad_output (`torch.Tensor` of shape `(tokens, batch, heads, q_len, v_dim)`): gradients of the output.
+        query, key, value, mask, scaling, softcap, sinks: as saved by the forward (no token dimension).
         needs: which of (query, key, value, probe) gradients to compute.
         blocks (`list[int]`, *optional*): query-row blocks as flat groups of four ``[row_start, row_stop, key_start,
             key_stop, ...]`` (see [`row_blocks`]): each block of rows is computed against the keys it can see only
@@ -119,7 +129,7 @@ def attention_backward(
     batch, _, q_len, _ = query.shape
     k_len = key.shape[2]
     if blocks is None or tuple(blocks) == (0, q_len, 0, k_len):
-        return _block_backward(grad_output, query, key, value, mask, scaling, softcap, needs)
+        return _block_backward(grad_output, query, key, value, mask, scaling, softcap, needs, sinks)
     need_query, need_key, need_value, need_probe = needs
     accumulate = relevance_dtype(query.dtype)  # key/value gradients are sums over blocks: kept in float32
     grad_query = query.new_empty(tokens, *query.shape) if need_query else query.new_empty(0)  # every row written
@@ -142,6 +152,7 @@ def attention_backward(
             scaling,
             softcap,
             needs,
+            sinks,
         )
         if need_query:
             grad_query[..., rows, :] = grads[0]
@@ -167,9 +178,11 @@ def _block_backward(
     scaling: float,
     softcap: float | None,
     needs: tuple[bool, bool, bool, bool],
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """[`attention_backward`] for one block of query rows against one range of keys (shapes as there, with
-    `q_len` the block's rows and `k_len` its keys); exact when every key outside the range is masked for these rows.
+    `q_len` the block's rows and `k_len` its keys); exact when every key outside the range is masked for these rows
+    (a sink is per row, so it stays exact with sinks too).
     """
     need_query, need_key, need_value, need_probe = needs
     tokens = grad_output.shape[0]
@@ -177,10 +190,11 @@ def _block_backward(
     kv_heads, k_len = key.shape[1], key.shape[2]
     rows = heads // kv_heads * q_len
     # Recomputed rather than saved: one (q, k) tensor per layer less in memory, once per chunk of tokens.
-    probs, (probs_full, capped) = _probabilities(query, key, mask, scaling, softcap)
+    probs, (probs_full, capped) = _probabilities(query, key, mask, scaling, softcap, sinks)
     # (tokens, batch, heads, q, d) -> (batch, kv_heads, tokens * groups * q, d)
-    grad_out = grad_output.reshape(tokens, batch, kv_heads, rows, head_dim).permute(1, 2, 0, 3, 4)
-    grad_rows = grad_out.reshape(batch, kv_heads, tokens * rows, head_dim)
+    v_dim = value.shape[-1]
+    grad_out = grad_output.reshape(tokens, batch, kv_heads, rows, v_dim).permute(1, 2, 0, 3, 4)
+    grad_rows = grad_out.reshape(batch, kv_heads, tokens * rows, v_dim)
     grad_probs = grad_rows @ value.transpose(-1, -2)  # dL/dA: (batch, kv_heads, tokens * groups * q, k)
     # dL/dA * A, in float32 (float64 for float64 models) as eager attention's softmax backward computes it.
     weighted = grad_probs.view(batch, kv_heads, tokens, rows, k_len) * probs_full.unsqueeze(2)
@@ -193,8 +207,8 @@ def _block_backward(
         del heads_view
     if need_value:
         # (batch, kv_heads, k, q) @ (batch, kv_heads, q, tokens * d): tokens folded into the columns.
-        columns = grad_out.permute(0, 1, 3, 2, 4).reshape(batch, kv_heads, rows, tokens * head_dim)
-        grad_value = (probs.transpose(-1, -2) @ columns).view(batch, kv_heads, k_len, tokens, head_dim)
+        columns = grad_out.permute(0, 1, 3, 2, 4).reshape(batch, kv_heads, rows, tokens * v_dim)
+        grad_value = (probs.transpose(-1, -2) @ columns).view(batch, kv_heads, k_len, tokens, v_dim)
         grad_value = grad_value.permute(3, 0, 1, 2, 4)
     if need_query or need_key:
         # Softmax backward, in place: A * (g - sum(g * A)) = weighted - A * sum(weighted).
@@ -256,19 +270,22 @@ def _backward_plain(
     need_value: bool,
     need_probe: bool,
     blocks: list[int],
+    sinks: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     needs = (need_query, need_key, need_value, need_probe)
-    grads = attention_backward(grad_output.unsqueeze(0), query, key, value, mask, scaling, softcap, needs, blocks)
+    grads = attention_backward(
+        grad_output.unsqueeze(0), query, key, value, mask, scaling, softcap, needs, blocks, sinks
+    )
     return tuple(g[0].contiguous() if need else g for g, need in zip(grads, needs, strict=True))
 
 
 def _backward_batched(info, in_dims, grad_output, query, key, value, mask, scaling, softcap, *needs_and_blocks):
     # Under torch.func.vmap (several tokens' gradients at once), only grad_output carries the tokens dimension.
-    if any(dim is not None for dim in in_dims[1:5]):
+    if any(dim is not None for dim in (*in_dims[1:5], in_dims[-1])):
         raise NotImplementedError("The teacher's attention backward batches over output gradients only.")
-    *needs, blocks = needs_and_blocks
+    *needs, blocks, sinks = needs_and_blocks
     grad_output = grad_output.movedim(in_dims[0], 0)
-    grads = attention_backward(grad_output, query, key, value, mask, scaling, softcap, tuple(needs), blocks)
+    grads = attention_backward(grad_output, query, key, value, mask, scaling, softcap, tuple(needs), blocks, sinks)
     return tuple(g.contiguous() if need else g for g, need in zip(grads, needs, strict=True)), tuple(
         0 if need else None for need in needs
     )
@@ -282,9 +299,15 @@ except (AttributeError, RuntimeError, TypeError, ValueError):  # torch without c
 
 
 def _probabilities(
-    query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float, softcap: float | None
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Attention probabilities as eager attention computes them: `(batch, kv_heads, groups * q_len, k_len)`.
+    """Attention probabilities as eager attention computes them: `(batch, kv_heads, groups * q_len, k_len)`; with
+    `sinks` (`(heads,)` logits), each head's sink is one more softmax column, dropped after the softmax.
 
     Returns the probabilities in the query's dtype, and (the same in float32, or float64 for float64 models, and the
     tanh of the capped scores or None). Eager attention takes the softmax in float32 even for float64 models, where
@@ -300,6 +323,12 @@ def _probabilities(
     if mask is not None:
         grouped = scores.view(batch, kv_heads, heads // kv_heads, q_len, k_len) + mask.unsqueeze(2)
         scores = grouped.view(batch, kv_heads, -1, k_len)
+    if sinks is not None:  # head h = kv_head * groups + group; rows ordered (group, query)
+        column = sinks.to(scores.dtype).view(1, kv_heads, heads // kv_heads, 1, 1)
+        column = column.expand(batch, kv_heads, heads // kv_heads, q_len, 1).reshape(batch, kv_heads, -1, 1)
+        probs_full = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1, dtype=relevance_dtype(query.dtype))
+        probs_full = probs_full[..., :k_len]
+        return probs_full.to(query.dtype), (probs_full, capped)
     probs_full = torch.softmax(scores, dim=-1, dtype=relevance_dtype(query.dtype))
     return probs_full.to(query.dtype), (probs_full, capped)
 
@@ -366,7 +395,7 @@ def teacher_attention_forward(
     otherwise transformers' sdpa attention.
 
     Returns:
-        `(attn_output, None)`, attn_output of shape `(batch, q_len, heads, head_dim)`.
+        `(attn_output, None)`, attn_output of shape `(batch, q_len, heads, v_dim)`.
     """
     capture = _ACTIVE_CAPTURE
     layer = capture.layer_of_module.get(id(module)) if capture is not None else None
@@ -512,7 +541,12 @@ class AttentionCapture:
         softcap: float | None,
         kwargs: dict[str, Any],
     ) -> tuple[torch.Tensor, None]:
-        refuse_attention_sinks(module, kwargs, "the gradient teacher does not model yet")
+        sinks = kwargs.get("s_aux") if kwargs.get("s_aux") is not None else kwargs.get("sinks")
+        if sinks is not None and sinks.numel() != query.shape[1]:
+            raise NotImplementedError(
+                f"{type(module).__name__} has {sinks.numel()} attention sinks for {query.shape[1]} query heads; the "
+                "gradient teacher models one sink logit per head."
+            )
         if dropout:
             raise ValueError("Attention dropout is active: put the model in eval mode (model.eval()) for the teacher.")
         if query.shape[1] % key.shape[1]:
@@ -529,7 +563,9 @@ class AttentionCapture:
             self.probes[layer] = probe
         self.called_layers.append(layer)
         blocks = self.blocks_for(attention_mask, mask, query.shape[-2], key.shape[-2])
-        output = _ProbedAttention.apply(query, key, value, mask, probe, float(scaling), softcap, blocks)
+        if sinks is not None:
+            sinks = sinks.detach().reshape(-1)
+        output = _ProbedAttention.apply(query, key, value, mask, probe, float(scaling), softcap, blocks, sinks)
         return output.transpose(1, 2).contiguous(), None
 
 

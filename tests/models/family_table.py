@@ -339,6 +339,69 @@ def table_case(entry: TableEntry) -> FamilyCase:
     return case
 
 
+# --- qwenlike
+HIGH_IDS = {"image_token_id": 200, "video_token_id": 201, "vision_start_token_id": 202, "vision_end_token_id": 203}
+"""Special ids for configs whose defaults sit inside the tiny vocabulary's word range (shrink only remaps ids at or
+above FIRST_SPECIAL), so prompt words cannot collide with them."""
+HY_V4 = {
+    "text_config.qk_rope_head_dim": 8,
+    "text_config.head_dim": 8,
+    "text_config.qk_head_dim": 12,
+    "text_config.index_head_dim": 16,
+    "text_config.num_key_value_heads": 4,
+}
+"""HY-V4-VL's rotary embedding is as wide as the MLA rope slice (its config sets `head_dim = qk_rope_head_dim`,
+which `shrink` undoes) and its 3-D split needs `mrope_section` to fill half of it: rope slice 8, sections [2, 1, 1].
+MLA expands one key/value per query head (its config ties `num_key_value_heads` to the heads)."""
+ERNIE = {
+    "text_config.rope_parameters": {"rope_type": "default", "rope_theta": 500000.0, "mrope_section": [1, 1, 2]},
+    "text_config.moe_num_experts": 4,
+    "text_config.moe_k": 2,
+    "text_config.moe_num_shared_experts": 1,
+    "text_config.moe_intermediate_size": [16, 16],
+}
+"""ERNIE 4.5 VL: its rotary embedding pre-rotates the height/width frequencies and keeps the last `mrope_section[2]`
+for time, so the sections must fill head_dim / 2 = 4 with equal height and width parts ([1, 1, 2]); its MoE sizes
+(text and vision experts) have names of their own."""
+QWEN4_EXP = {
+    "text_config.indexer_n_heads": 2,
+    "text_config.indexer_kv_heads": 1,
+    "text_config.indexer_head_dim": 8,
+    "text_config.indexer_budget": 8,
+    "text_config.indexer_compress_ratio": 2,
+    "text_config.hc_lowrank": 8,
+    "text_config.linear_key_head_dim": 8,
+    "text_config.linear_value_head_dim": 8,
+    "text_config.linear_num_key_heads": 2,
+    "text_config.linear_num_value_heads": 4,
+    "text_config.shared_expert_intermediate_size": 16,
+}
+"""Qwen4-Exp: its full-attention layers always build a QSA token indexer (heads, one key head, budget divisible by
+the compress ratio; a budget of 8 tokens, 4 blocks of 2, so the tiny prompts' attention is really sparse), and its
+Gated DeltaNet and hyper-connection sizes have names of their own."""
+GLM5_NEXT = {
+    "text_config.layer_types": ["linear_attention", "indexed_attention"],
+    "text_config.mlp_layer_types": ["dense", "sparse"],
+    "text_config.indexer_types": ["full", "full"],
+    "text_config.num_key_value_heads": 4,
+    "text_config.qk_rope_head_dim": 0,
+    "text_config.head_dim": 0,
+    "text_config.qk_nope_head_dim": 8,
+    "text_config.qk_head_dim": 8,
+    "text_config.linear_head_dim": 8,
+    "text_config.linear_num_heads": 4,
+    "text_config.index_kpool": 2,
+    "text_config.index_topk": 64,
+}
+"""GLM-5.3-Flash (glm5_next): a NoPE MLA decoder (its config ties `head_dim` to `qk_rope_head_dim = 0` and one
+key/value head per query head, which `shrink` undoes) whose default schedule makes a 2-layer model all linear
+attention: one KDA layer and one DSA-indexed MLA layer here. The indexer's budget (64 tokens, pools of 2) covers the
+tiny prompts: with a budget of 3 pools, plain generate() (without FastRM) decoded a step whose last hidden state differs
+by 0.6 from a full forward of the same sequence (rows stopping at different steps), 0 with this budget. Not diagnosed
+further; a likely cause is that the indexer's ReLU'd pool scores are exactly 0 for many pools of a random tiny model,
+so `topk` breaks ties, which may differ between a decoding step and a full forward."""
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 def gemma4_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     """Gemma 4's own image processor (patch 4, pooling 2) on 16x24, 24x16 and 16x16 images, without its resize (at
@@ -503,6 +566,31 @@ TABLE: list[TableEntry] = [
         teacher_issue="hybrid decoder: Gated DeltaNet layers have no softmax attention for the teacher to record",
         notes="Qwen3.5 MoE: hybrid linear/full-attention decoder, 4 experts",
     ),
+    # --- qwenlike
+    TableEntry("cosmos3_edge", pixels="thw", mrope=True, overrides=HIGH_IDS, notes="packed SigLIP2 tower, merge 2"),
+    TableEntry(
+        "hy_v4_vl",
+        pixels="thw",
+        mrope=True,
+        overrides=HY_V4,
+        notes="newline feature per merged row; hyper-connection MLA decoder, rotary on the 8-wide rope slice",
+    ),
+    TableEntry("ernie4_5_vl_moe", pixels="thw", mrope=True, overrides=ERNIE, notes="text/vision MoE decoder"),
+    TableEntry(
+        "qwen4_exp",
+        pixels="thw",
+        mrope=True,
+        overrides=QWEN4_EXP,
+        teacher_issue=HYBRID,
+        notes="hybrid decoder ending in a hyper-connection mixer (no final norm)",
+    ),
+    TableEntry(
+        "glm5_next",
+        pixels="thw",
+        overrides=GLM5_NEXT,
+        teacher_issue=HYBRID,
+        notes="KDA linear attention + DSA-indexed NoPE MLA decoder",
+    ),
 ]
 
 
@@ -528,6 +616,17 @@ LOCALITY_UNCHECKED = {
 """Table cases the locality test marks as expected failures, with why."""
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
+# --- qwenlike
+EXPANDED_IMAGES_PERMUTED = {
+    "glm5_next": "transformers 5.24's Glm5NextForConditionalGeneration._expand_multimodal_outputs repeats each image "
+    "instead of each row's group of images, so when generate() expands the rows (beam search, num_return_sequences) "
+    "the copies of a two-image row [A, B] get [A, A], [A, B], [B, B]: plain generate() itself decodes other image "
+    "features than a forward of the returned sequences"
+}
+"""Table cases whose own generate() writes the wrong images into expanded rows (test_modes marks those modes xfail)."""
+ROW_MAJOR_PATCHES = {"hy_v4_vl"}
+"""Table cases whose flattened patches are in row-major `(t, h, w)` order, not Qwen's merge-block order (HY-V4-VL's
+image processor: "Flatten patches in row-major order in comparison to Qwen"; its merger reshapes them to `(h, w)`)."""
 
 
 def table_cases() -> list[FamilyCase]:

@@ -15,7 +15,7 @@ import functools
 
 import pytest
 import torch
-from family_table import LOCALITY_SLOW, LOCALITY_UNCHECKED
+from family_table import LOCALITY_SLOW, LOCALITY_UNCHECKED, ROW_MAJOR_PATCHES
 from test_families import CASES, built, params
 
 from hf_fastrm.architectures import get_adapter
@@ -47,12 +47,12 @@ def vision_attention_silenced(model, language_model):
             handle.remove()
 
 
-def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict, row_major: bool = False) -> torch.Tensor:
     """`(elements, 3)` (sub-image id, y, x) of every element of a pixel tensor.
 
     `(..., C, H, W)` tensors: leading indices flattened into the sub-image id. Qwen's flattened patches
-    `(patches, C * T * p * p)`: decoded with the image processor's patch order `(t, h / m, w / m, m, m)` per image,
-    the sub-image being (image, temporal patch).
+    `(patches, C * T * p * p)`: decoded with the image processor's patch order `(t, h / m, w / m, m, m)` per image
+    (`(t, h, w)` with `row_major`, as HY-V4-VL's processor writes them), the sub-image being (image, temporal patch).
     """
     if tensor.ndim >= 4:
         *lead, channels, height, width = tensor.shape
@@ -65,6 +65,11 @@ def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict) -> torch.Te
     rows = []
     sub_base = 0
     for t, h, w in grids:
+        if row_major:
+            tt, yy, xx = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+            rows.append(torch.stack([sub_base + tt, yy, xx], dim=-1).reshape(-1, 3))
+            sub_base += t
+            continue
         patch = torch.arange(t * h * w).view(t, h // merge, w // merge, merge, merge)
         tt, bh, bw, mh, mw = torch.meshgrid(*(torch.arange(s) for s in patch.shape), indexing="ij")
         rows.append(torch.stack([sub_base + tt, bh * merge + mh, bw * merge + mw], dim=-1).reshape(-1, 3))
@@ -102,7 +107,8 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
     finally:
         handle.remove()
     embeds = captured["embeds"]
-    coordinates = {k: pixel_coordinates(k, v, inputs).float() for k, v in pixels.items()}
+    row_major = name in ROW_MAJOR_PATCHES
+    coordinates = {k: pixel_coordinates(k, v, inputs, row_major).float() for k, v in pixels.items()}
     offsets = {}
     total = 0
     for k in pixels:  # videos' sub-images numbered after the images'

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from family_table import EXPANDED_IMAGES_PERMUTED
 from test_families import BY_NAME, CASES, built, hook_state, image_token_ids, reference_relevancy
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
@@ -65,6 +66,8 @@ def matrix() -> list:
                         strict=False,
                     )
                 )
+            if case.name in EXPANDED_IMAGES_PERMUTED and expands:
+                marks.append(pytest.mark.xfail(reason=EXPANDED_IMAGES_PERMUTED[case.name], strict=True))
             params.append(pytest.param(case.name, mode, id=f"{case.name}-{mode}", marks=marks))
     return params
 
