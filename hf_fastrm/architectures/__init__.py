@@ -23,6 +23,7 @@ from .registry import (
     supported_model_types,
     unregister_architecture,
 )
+from .timm_towers import TIMM_FAMILIES
 from .vipllava import VipLlavaAdapter
 
 register_architecture(LlavaAdapter)
@@ -42,6 +43,8 @@ for _adapter in (
 ):
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
+    register_architecture(_instance)
+for _instance in TIMM_FAMILIES:
     register_architecture(_instance)
 
 __all__ = [

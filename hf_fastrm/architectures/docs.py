@@ -121,11 +121,6 @@ NOT_DONE: dict[str, str] = {
     "minicpmv4_7": "no placeholder id in its config (image bounds passed separately)",
     "glm5_next": "generic adapter applies to its layout; the tiny model's indexed (sparse) attention layers need "
     "MLA sizes the table does not set yet, and its attention bypasses AttentionInterface (no teacher)",
-    "perception_lm": "untested: the generic adapter applies; the tiny model needs `timm` (TimmWrapper tower), not "
-    "installed here",
-    "fast_vlm": "untested: the generic adapter applies; the tiny model needs `timm` (FastViT tower), not installed here",
-    "gemma3n": "untested: the generic adapter applies; the tiny model needs `timm` (MobileNet v5 tower), not installed "
-    "here",
     "inkling_mm_model": "untested: the generic adapter applies; the model needs `scipy`, not installed here",
     "janus": "`JanusForConditionalGeneration.generate()` drops `logits_processor` in text mode (transformers 5.24), "
     "so FastRM's processor never runs; the layout itself is the generic one (square SigLIP grid)",

@@ -267,7 +267,8 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         processor_shapes = None
     if entry.extra_pixels is not None:
         pixels |= entry.extra_pixels(config, pixels)
-    base = model.model if hasattr(model.model, "get_image_features") else model
+    inner = getattr(model, "model", None)  # NemotronH Omni's top class holds its towers itself
+    base = inner if hasattr(inner, "get_image_features") else model
     if "image_merge_sizes" in inspect.signature(base.get_image_features).parameters:  # VideoLLaMA3
         pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
     with torch.no_grad():
@@ -358,7 +359,9 @@ def vision_stand_in(model_type: str, **kwargs: Any) -> Callable[[Any], Any]:
     def build(config: Any) -> Any:
         from transformers import AutoConfig
 
-        own = {name: getattr(config.vision_config, name) for name in TOWER_FIELDS if hasattr(config.vision_config, name)}
+        own = {
+            name: getattr(config.vision_config, name) for name in TOWER_FIELDS if hasattr(config.vision_config, name)
+        }
         return AutoConfig.for_model(model_type, **(own | kwargs))
 
     return build
@@ -560,6 +563,14 @@ TABLE: list[TableEntry] = [
         config_kwargs={"text_config": GEMMA3N_TEXT},
         overrides={"vision_soft_tokens_per_image": 16},
         notes=f"images only; vision tower replaced by a ConvNeXt stand-in (4 x 4 soft tokens): {NO_TIMM}",
+    ),
+    TableEntry(
+        "perception_lm",
+        pixels="5d",
+        vision_stand_in=vision_stand_in("clip_vision_model", **CLIP_STAND_IN),
+        overrides={"projector_pooling_ratio": 2},
+        notes=f"one tile an image; vision tower replaced by a CLIP ViT stand-in (4 x 4 patches pooled to 2 x 2): "
+        f"{NO_TIMM}",
     ),
 ]
 
