@@ -13,6 +13,7 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
+from .nemotron_h_omni import NemotronHOmniAdapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
 from .qwen_vl import Qwen2VLAdapter
@@ -44,7 +45,7 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
-for _instance in TIMM_FAMILIES:
+for _instance in (*TIMM_FAMILIES, NemotronHOmniAdapter()):
     register_architecture(_instance)
 
 __all__ = [

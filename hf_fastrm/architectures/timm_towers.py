@@ -46,15 +46,14 @@ class PerceptionLMAdapter(PlaceholderAdapter):
             family="Perception LM",
             grid_description=(
                 "one square grid per tile of each image (`pixel_values` (images, tiles, C, H, W); tile 0 the "
-                "thumbnail under the processor's thumb+tile strategy) and per frame of each video; "
-                + NOT_SQUARE
-                + " tile"
+                "thumbnail under the processor's thumb+tile strategy) and per frame of each video; the generic "
+                "rules when a tile's token count is not a square"
             ),
             tested_configs=(
                 "perception_lm: 1 tile an image, 4 x 4 patches pooled to 2 x 2; 1 and 2 images a row (vision tower "
                 "replaced by a CLIP ViT stand-in: timm cannot be installed beside the CPU torch here)",
-                "perception_lm-tiles: the layout of 2 images of 3 tiles each (thumbnail + 2 tiles), token count from "
-                "the model's own features (tests/models/test_timm_towers.py)",
+                "perception_lm-tiles: layout only, 2 images of 3 tiles (thumbnail + 2 tiles) and a video of 2 frames, "
+                "token counts from the model's own features (tests/models/test_timm_towers.py)",
             ),
         )
 

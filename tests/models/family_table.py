@@ -387,6 +387,30 @@ GEMMA3N_TEXT = {
 no KV-shared layers (with 2 layers both kinds must produce their own cache)."""
 
 
+def nemotron_omni_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Nemotron 3 Nano Omni's image inputs: flattened RADIO patches of 4x4, 4x6 and 6x4 patch images with
+    `image_grid_hw`; each grid is the patch grid pixel-shuffled by `downsample_ratio` (0.5)."""
+    vision = config.vision_config
+    shapes = [(4, 4), (4, 6), (6, 4)]
+    width = vision.num_channels * vision.patch_size**2
+    pixel_values = torch.randn(sum(h * w for h, w in shapes), width, generator=torch.Generator().manual_seed(0))
+    factor = round(1 / config.downsample_ratio)
+    return {"pixel_values": pixel_values, "image_grid_hw": torch.tensor(shapes)}, [
+        (h // factor, w // factor) for h, w in shapes
+    ]
+
+
+NEMOTRON_OMNI = {
+    "image_token_id": 240,  # the default config names none (checkpoints set `img_context_token_id`)
+    "vision_hidden_size": 32,
+    "projector_hidden_size": 32,
+    "audio_config": None,
+    "text_config.layers_block_type": ["linear_attention", "full_attention", "moe"],
+    "text_config.num_hidden_layers": 3,
+}
+"""A decoder of one layer of each kind with an attention layer (a cache of Mamba layers only has no length)."""
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 def gemma4_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     """Gemma 4's own image processor (patch 4, pooling 2) on 16x24, 24x16 and 16x16 images, without its resize (at
@@ -571,6 +595,14 @@ TABLE: list[TableEntry] = [
         overrides={"projector_pooling_ratio": 2},
         notes=f"one tile an image; vision tower replaced by a CLIP ViT stand-in (4 x 4 patches pooled to 2 x 2): "
         f"{NO_TIMM}",
+    ),
+    TableEntry(
+        "nemotron_h_omni",
+        pixels=nemotron_omni_pixels,
+        overrides=NEMOTRON_OMNI,
+        teacher_issue="hybrid decoder: the teacher refuses it (decoder layer 0, a NemotronHBlock with a Mamba2 "
+        "mixer, has no self-attention module whose attention map it could record)",
+        notes="images only (no audio, no video)",
     ),
 ]
 
