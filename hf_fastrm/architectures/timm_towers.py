@@ -51,9 +51,9 @@ class PerceptionLMAdapter(PlaceholderAdapter):
             ),
             tested_configs=(
                 "perception_lm: 1 tile an image, 4 x 4 patches pooled to 2 x 2; 1 and 2 images a row (vision tower "
-                "replaced by a CLIP ViT stand-in: timm cannot be installed beside the CPU torch here)",
-                "perception_lm-tiles: layout only, 2 images of 3 tiles (thumbnail + 2 tiles) and a video of 2 frames, "
-                "token counts from the model's own features (tests/models/test_timm_towers.py)",
+                "replaced by a CLIP ViT stand-in: timm cannot be installed beside the CPU torch here); layout only "
+                "(tests/models/test_timm_towers.py): 2 images of 3 tiles (thumbnail + 2 tiles) and a video of 2 "
+                "frames, token counts from the model's own features",
             ),
         )
 
