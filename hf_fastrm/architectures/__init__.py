@@ -15,6 +15,7 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
+from .nemotron_h_omni import NemotronHOmniAdapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
 from .qwen4_exp import Qwen4ExpAdapter
@@ -26,6 +27,7 @@ from .registry import (
     supported_model_types,
     unregister_architecture,
 )
+from .timm_towers import TIMM_FAMILIES
 from .vipllava import VipLlavaAdapter
 
 register_architecture(LlavaAdapter)
@@ -48,6 +50,8 @@ for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter(), *E
     register_architecture(_instance)
 # --- qwenlike
 for _instance in (HYV4VLAdapter(), Qwen4ExpAdapter()):
+    register_architecture(_instance)
+for _instance in (*TIMM_FAMILIES, NemotronHOmniAdapter()):
     register_architecture(_instance)
 
 __all__ = [

@@ -69,6 +69,11 @@ MODE_EXCEPTIONS = {
     "glm5_next": "greedy, sampling, streamer; not where generate() expands rows (beam search, return sequences: "
     "xfail): transformers 5.24's `Glm5NextForConditionalGeneration._expand_multimodal_outputs` repeats each image, "
     "not each row's group, so copies of a two-image row get the wrong images in plain generate() itself",
+    # --- timm
+    "nemotron_h_omni": "greedy, sampling, streamer; expanded modes (return sequences, beam search) xfail: the model's "
+    "own `_expand_multimodal_outputs` (transformers 5.24) gives the expanded copies of a row with two images the "
+    "images in the wrong order (each image repeated per copy instead of each row's images per copy), so its logits "
+    "differ from a forward with the right images; FastRM's maps follow what the model read",
 }
 
 FOOTER = """
@@ -135,15 +140,9 @@ NOT_DONE: dict[str, str] = {
     "evolla": "protein-text model: no images",
     "pi0": "robot policy (PaliGemma backbone + action expert), not a text generator",
     "mistral4": "text-only causal LM class in this mapping",
-    "nemotron_h_omni": "no placeholder id in its config; hybrid Mamba decoder",
     "minicpm_ocr": "no placeholder id in its config (image bounds passed separately)",
     "minicpmv4_6": "no placeholder id in its config (image bounds passed separately)",
     "minicpmv4_7": "no placeholder id in its config (image bounds passed separately)",
-    "perception_lm": "untested: the generic adapter applies; the tiny model needs `timm` (TimmWrapper tower), not "
-    "installed here",
-    "fast_vlm": "untested: the generic adapter applies; the tiny model needs `timm` (FastViT tower), not installed here",
-    "gemma3n": "untested: the generic adapter applies; the tiny model needs `timm` (MobileNet v5 tower), not installed "
-    "here",
     "inkling_mm_model": "untested: the generic adapter applies; the model needs `scipy`, not installed here",
     "janus": "`JanusForConditionalGeneration.generate()` drops `logits_processor` in text mode (transformers 5.24), "
     "so FastRM's processor never runs; the layout itself is the generic one (square SigLIP grid)",

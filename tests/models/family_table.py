@@ -100,6 +100,9 @@ class TableEntry:
         extra_pixels: `(config, pixel inputs) -> dict` of more image inputs the tower needs (a high-resolution
             copy, a pixel mask).
         mrope: the model computes its own position ids.
+        vision_stand_in: `config -> vision config` put in place of the family's own vision config before the model
+            is built (a tower transformers builds natively, for families whose own tower needs a library this
+            environment lacks, e.g. timm); the adapter under test never looks inside the tower.
         teacher_issue: why the teacher fails on this family (the test is then an xfail).
         slow: keep the case out of the default run.
         notes: one line for docs/supported-models.md.
@@ -116,6 +119,7 @@ class TableEntry:
     extra_inputs: Callable[[torch.nn.Module, dict[str, Any]], dict[str, Any]] | None = None
     extra_pixels: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
     mrope: bool = False
+    vision_stand_in: Callable[[Any], Any] | None = None
     teacher_issue: str | None = None
     slow: bool = False
     notes: str = ""
@@ -250,6 +254,8 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
     remap = shrink(config)
     for path, value in entry.overrides.items():
         set_path(config, path, value)
+    if entry.vision_stand_in is not None:  # past the strict dataclass check: the field's type is the family's own
+        object.__setattr__(config, "vision_config", entry.vision_stand_in(config))
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(config).eval()
     config = model.config
@@ -261,7 +267,8 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         processor_shapes = None
     if entry.extra_pixels is not None:
         pixels |= entry.extra_pixels(config, pixels)
-    base = model.model if hasattr(model.model, "get_image_features") else model
+    inner = getattr(model, "model", None)  # NemotronH Omni's top class holds its towers itself
+    base = inner if hasattr(inner, "get_image_features") else model
     if "image_merge_sizes" in inspect.signature(base.get_image_features).parameters:  # VideoLLaMA3
         pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
     with torch.no_grad():
@@ -400,6 +407,69 @@ tiny prompts: with a budget of 3 pools, plain generate() (without FastRM) decode
 by 0.6 from a full forward of the same sequence (rows stopping at different steps), 0 with this budget. Not diagnosed
 further; a likely cause is that the indexer's ReLU'd pool scores are exactly 0 for many pools of a random tiny model,
 so `topk` breaks ties, which may differ between a decoding step and a full forward."""
+# --- timm: stand-in vision towers for families whose own tower is a timm model
+NO_TIMM = "timm cannot be installed beside the CPU torch here (it imports torchvision, whose PyPI wheel fails to load)"
+TOWER_FIELDS = ("vocab_size", "vocab_offset", "rms_norm_eps")
+"""Fields of the family's own vision config that its model code reads beside the tower (Gemma 3n's embedder)."""
+
+
+def vision_stand_in(model_type: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """`config -> vision config`: a tiny transformers-native tower of `model_type` carrying the family's own
+    `TOWER_FIELDS` (and `kwargs`, e.g. the ``hidden_size`` / ``model_args`` the projector reads)."""
+
+    def build(config: Any) -> Any:
+        from transformers import AutoConfig
+
+        own = {
+            name: getattr(config.vision_config, name) for name in TOWER_FIELDS if hasattr(config.vision_config, name)
+        }
+        return AutoConfig.for_model(model_type, **(own | kwargs))
+
+    return build
+
+
+CONVNEXT_STAND_IN = {"num_stages": 1, "hidden_sizes": [32], "depths": [1], "patch_size": 4, "image_size": 16}
+"""One ConvNeXt stage, 32 channels, patch 4 on 16 px images: a `(batch, 32, 4, 4)` map, the `(batch, channels,
+height, width)` layout timm's convolutional towers (FastViT, MobileNet v5) hand to the projector."""
+CLIP_STAND_IN = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+CLIP_STAND_IN |= {"patch_size": 4, "image_size": 16, "model_args": {"embed_dim": 32}}
+"""A CLIP ViT (class token first, as Perception LM's timm ViT gives) of 4 x 4 patches; `model_args.embed_dim` is
+what Perception LM's projector reads for its input width."""
+
+
+GEMMA3N_TEXT = {
+    "num_hidden_layers": 2,
+    "intermediate_size": 37,
+    "layer_types": ["sliding_attention", "full_attention"],
+    "activation_sparsity_pattern": [0.95, 0.0],
+    "num_kv_shared_layers": 0,
+}
+"""Gemma 3n's per-layer lists for 2 layers (the default config's 35-entry lists do not shrink with the layer count);
+no KV-shared layers (with 2 layers both kinds must produce their own cache)."""
+
+
+def nemotron_omni_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Nemotron 3 Nano Omni's image inputs: flattened RADIO patches of 4x4, 4x6 and 6x4 patch images with
+    `image_grid_hw`; each grid is the patch grid pixel-shuffled by `downsample_ratio` (0.5)."""
+    vision = config.vision_config
+    shapes = [(4, 4), (4, 6), (6, 4)]
+    width = vision.num_channels * vision.patch_size**2
+    pixel_values = torch.randn(sum(h * w for h, w in shapes), width, generator=torch.Generator().manual_seed(0))
+    factor = round(1 / config.downsample_ratio)
+    return {"pixel_values": pixel_values, "image_grid_hw": torch.tensor(shapes)}, [
+        (h // factor, w // factor) for h, w in shapes
+    ]
+
+
+NEMOTRON_OMNI = {
+    "image_token_id": 240,  # the default config names none (checkpoints set `img_context_token_id`)
+    "vision_hidden_size": 32,
+    "projector_hidden_size": 32,
+    "audio_config": None,
+    "text_config.layers_block_type": ["linear_attention", "full_attention", "moe"],
+    "text_config.num_hidden_layers": 3,
+}
+"""A decoder of one layer of each kind with an attention layer (a cache of Mamba layers only has no length)."""
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -590,6 +660,35 @@ TABLE: list[TableEntry] = [
         overrides=GLM5_NEXT,
         teacher_issue=HYBRID,
         notes="KDA linear attention + DSA-indexed NoPE MLA decoder",
+    ),
+    # --- timm
+    TableEntry(
+        "fast_vlm",
+        vision_stand_in=vision_stand_in("convnext", hidden_size=32, **CONVNEXT_STAND_IN),
+        notes=f"vision tower replaced by a ConvNeXt stand-in (4 x 4 feature map): {NO_TIMM}",
+    ),
+    TableEntry(
+        "gemma3n",
+        vision_stand_in=vision_stand_in("convnext", hidden_size=32, **CONVNEXT_STAND_IN),
+        config_kwargs={"text_config": GEMMA3N_TEXT},
+        overrides={"vision_soft_tokens_per_image": 16},
+        notes=f"images only; vision tower replaced by a ConvNeXt stand-in (4 x 4 soft tokens): {NO_TIMM}",
+    ),
+    TableEntry(
+        "perception_lm",
+        pixels="5d",
+        vision_stand_in=vision_stand_in("clip_vision_model", **CLIP_STAND_IN),
+        overrides={"projector_pooling_ratio": 2},
+        notes=f"one tile an image; vision tower replaced by a CLIP ViT stand-in (4 x 4 patches pooled to 2 x 2): "
+        f"{NO_TIMM}",
+    ),
+    TableEntry(
+        "nemotron_h_omni",
+        pixels=nemotron_omni_pixels,
+        overrides=NEMOTRON_OMNI,
+        teacher_issue="hybrid decoder: the teacher refuses it (decoder layer 0, a NemotronHBlock with a Mamba2 "
+        "mixer, has no self-attention module whose attention map it could record)",
+        notes="images only (no audio, no video)",
     ),
 ]
 

@@ -120,9 +120,17 @@ def reference_hidden_states(model, inputs, sequences, case: FamilyCase) -> torch
         kwargs[key] = value
     if not case.mrope:  # the positions generate() uses for left-padded rows
         kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-    with torch.no_grad():
-        out = model(input_ids=sequences, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
-    return out.hidden_states[-1]
+    normed = []
+    handle = get_adapter(model).final_norm(model).register_forward_hook(lambda _m, _a, output: normed.append(output))
+    try:
+        with torch.no_grad():
+            out = model(input_ids=sequences, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
+    finally:
+        handle.remove()
+    last = out.hidden_states[-1]
+    if last.dim() != 3:  # Gemma 3n records its AltUp stack (altup, batch, seq, hidden); lm_head reads the final norm
+        last = normed[-1]
+    return last
 
 
 def reference_relevancy(model, head, inputs, sequences, layouts, case: FamilyCase) -> list[torch.Tensor]:
