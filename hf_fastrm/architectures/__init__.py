@@ -13,6 +13,7 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
+from .mllama import MllamaAdapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
 from .qwen_vl import Qwen2VLAdapter
@@ -39,6 +40,7 @@ for _adapter in (
     InternVLAdapter,
     AyaVisionAdapter,
     Llama4Adapter,
+    MllamaAdapter,
 ):
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
@@ -58,6 +60,7 @@ __all__ = [
     "LlavaNextVideoAdapter",
     "LlavaOnevisionAdapter",
     "Mistral3Adapter",
+    "MllamaAdapter",
     "PaliGemmaAdapter",
     "PlaceholderAdapter",
     "Qwen2VLAdapter",
