@@ -136,7 +136,10 @@ def check_result(name: str, mode: str, model, inputs: dict, head, sequences: tor
     placeholders = torch.tensor(sorted(image_token_ids(model.config)))
     for row in range(rows):
         count = int(torch.isin(sequences[row, :prompt_length], placeholders).sum())
-        assert int(result.image_token_mask[row].sum()) == count == result.image_layouts[row].num_image_tokens
+        layout = result.image_layouts[row]
+        assert int(result.image_token_mask[row].sum()) == layout.num_image_tokens
+        # cross-attention families: one placeholder per image, whose states are not positions of the sequence
+        assert (len(layout.image_grids) if layout.cross_attention else layout.num_image_tokens) == count
 
     valid = result.token_mask.unsqueeze(-1) & result.image_token_mask.unsqueeze(1)
     values = result.relevancy[valid]
