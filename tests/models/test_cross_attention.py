@@ -1,0 +1,146 @@
+"""The cross-attention route (Mllama) beyond the shared suite: the teacher's bi-modal rule against a naive reference,
+and refusals of inputs that do not fit.
+
+The shared suite (test_families.py, test_modes.py, test_family_locality.py) runs the Mllama case like every other
+family: identical tokens, maps equal to the head on a separate forward's last hidden states against that forward's
+cross-attention states, every generation mode, cell locality, the teacher on the same grids.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_families import built, generated
+from transformers import PretrainedConfig
+
+import teacher_reference  # noqa: F401  (registers the plain eager attention it names)
+from hf_fastrm import FastRMWrapper
+from hf_fastrm.architectures import get_adapter
+from hf_fastrm.teacher import gradient_relevancy
+from hf_fastrm.teacher.gradient import generation_position_ids
+
+
+def normalised(relevance: torch.Tensor) -> torch.Tensor:
+    """Chefer et al.'s rules 8 and 9: ``I + rownorm(R - I)`` (rows of ``R - I`` summing to 0 stay the identity's)."""
+    eye = torch.eye(relevance.shape[-1], dtype=relevance.dtype)
+    residual = relevance - eye
+    sums = residual.sum(dim=-1, keepdim=True)
+    return eye + torch.where(sums > 0, residual / sums.where(sums > 0, torch.ones_like(sums)), 0.0)
+
+
+def naive_bimodal_relevancy(model, inputs: dict, sequences: torch.Tensor) -> list[torch.Tensor]:
+    """Per row `(new_tokens, image_tokens)`, written out plainly: eager attention of every decoder layer (self and
+    cross) kept with `retain_grad`, one backward per token, and the full matrices ``R_tt`` `(n, n)` and ``R_ti``
+    `(n, image_states)` updated layer by layer, first layer first: self-attention ``R_tt += A R_tt``, ``R_ti += A
+    R_ti``; cross-attention ``R_ti += Rbar_tt A`` (``A`` the head-mean of ``clamp(dy/dA * A, min=0)``)."""
+    adapter = get_adapter(model)
+    language_model = adapter.language_model(model)
+    cross = set(adapter.cross_attention_layers(model))
+    layers = adapter.decoder_layers(model)
+    modules = [layer.cross_attn if index in cross else layer.self_attn for index, layer in enumerate(layers)]
+    prompt_length = inputs["input_ids"].shape[1]
+    new = sequences.shape[1] - prompt_length
+    ids = sequences[:, : prompt_length + new - 1]
+    mask = torch.cat([inputs["attention_mask"], torch.ones_like(ids[:, prompt_length:])], dim=1)
+    cross_mask = inputs["cross_attention_mask"]
+    cross_mask = torch.cat([cross_mask, cross_mask[:, -1:].expand(-1, new - 1, -1, -1)], dim=1)
+    kwargs = {k: inputs[k] for k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
+    layouts = adapter.image_layout(model.config, inputs["input_ids"], dict(inputs))
+
+    weights: dict[int, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(lambda m, a, out, i=index: weights.update({i: out[1]}))
+        for index, module in enumerate(modules)
+    ]
+    config: PretrainedConfig = language_model.config
+    saved = config.__dict__.get("_attn_implementation_internal")
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        config._attn_implementation_internal = teacher_reference.REFERENCE_ATTENTION
+        for param, _ in flags:
+            param.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(
+                input_ids=ids,
+                attention_mask=mask,
+                cross_attention_mask=cross_mask,
+                position_ids=generation_position_ids(mask),
+                use_cache=False,
+                **kwargs,
+            ).logits
+            for value in weights.values():
+                value.retain_grad()
+            maps = []
+            for row, layout in enumerate(layouts):
+                rows = []
+                for step in range(new):
+                    position = prompt_length - 1 + step
+                    model.zero_grad()
+                    for value in weights.values():
+                        value.grad = None
+                    logits[row, position, sequences[row, prompt_length + step]].backward(retain_graph=True)
+                    text = torch.eye(ids.shape[1], dtype=logits.dtype)
+                    image = None
+                    for index in range(len(modules)):
+                        attention = weights[index]
+                        relevance = (attention.grad * attention).clamp(min=0).mean(dim=1)[row]
+                        if index in cross:
+                            added = normalised(text) @ relevance
+                            image = added if image is None else image + added
+                        else:
+                            image = None if image is None else image + relevance @ image
+                            text = text + relevance @ text
+                    rows.append(image[position, layout.image_positions])
+                maps.append(torch.stack(rows).detach())
+    finally:
+        config._attn_implementation_internal = saved
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for handle in handles:
+            handle.remove()
+    return maps
+
+
+def test_teacher_follows_the_bimodal_rule_of_a_naive_reference():
+    """The teacher's vector form (gradients of probes, rows propagated as vectors, ``Rbar_tt`` from ``R 1``) equals
+    full matrices updated layer by layer, in float64 (the maps are ~1e-5 in the tiny random model: float32 rounding
+    would be a visible share of them)."""
+    model, inputs, _ = built("mllama")
+    _, out, _, _ = generated("mllama")
+    model = copy.deepcopy(model).double()
+    inputs = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+    result = gradient_relevancy(model, inputs, out.sequences).result
+    expected = naive_bimodal_relevancy(model, inputs, out.sequences)
+    for row, want in enumerate(expected):
+        n = result.image_layouts[row].num_image_tokens
+        tokens = result.token_mask[row]
+        got = result.relevancy[row, tokens, :n]
+        assert float(want[tokens].abs().max()) > 0, "the reference is all zero: the image does not reach the text"
+        torch.testing.assert_close(got, want[tokens], rtol=1e-9, atol=1e-15)
+
+
+def test_refuses_image_tokens_without_their_images():
+    """`aspect_ratio_ids` describing fewer images than the prompt's image tokens: a clear error, not a wrong map."""
+    model, inputs, head = built("mllama")
+    ratio_ids = inputs["aspect_ratio_ids"].clone()
+    ratio_ids[1, 1] = 0
+    with pytest.raises(ValueError, match="holds 2 image tokens but its `aspect_ratio_ids` describe 1 images"):
+        get_adapter(model).image_layout(model.config, inputs["input_ids"], {**inputs, "aspect_ratio_ids": ratio_ids})
+
+
+def test_refuses_precomputed_cross_attention_states():
+    """Precomputed `cross_attention_states` instead of pixel values: the layout cannot be known; refused before any
+    map is computed, naming the missing processor outputs."""
+    model, inputs, head = built("mllama")
+    with torch.no_grad():
+        states = model.model.multi_modal_projector(
+            model.model.vision_model(
+                inputs["pixel_values"], inputs["aspect_ratio_ids"], inputs["aspect_ratio_mask"]
+            ).last_hidden_state
+        )
+    precomputed = {k: v for k, v in inputs.items() if k != "pixel_values"}
+    precomputed["cross_attention_states"] = states.reshape(-1, states.shape[-2], states.shape[-1])
+    with pytest.raises(ValueError, match="`pixel_values`"):
+        FastRMWrapper(model, head).generate(**precomputed, max_new_tokens=2, return_relevancy=True)
