@@ -203,7 +203,9 @@ def gradient_relevancy(
     from ..methods.forward import forced_sequence
 
     sequences = sequences_of(sequences)
-    forced = forced_sequence(model, inputs, sequences, eos_token_id=eos_token_id, special_ids=special_token_ids)
+    forced = forced_sequence(
+        model, inputs, sequences, eos_token_id=eos_token_id, special_ids=special_token_ids, cross_attention=True
+    )
     batch, prompt_length, steps = forced.input_ids.shape[0], forced.prompt_length, forced.steps
     layouts = forced.layouts
     decoder_layers = forced.adapter.decoder_layers(model)

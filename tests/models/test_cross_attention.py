@@ -18,6 +18,7 @@ from transformers import PretrainedConfig
 import teacher_reference  # noqa: F401  (registers the plain eager attention it names)
 from hf_fastrm import FastRMWrapper
 from hf_fastrm.architectures import get_adapter
+from hf_fastrm.methods import get_method
 from hf_fastrm.teacher import gradient_relevancy
 from hf_fastrm.teacher.gradient import generation_position_ids
 
@@ -144,3 +145,22 @@ def test_refuses_precomputed_cross_attention_states():
     precomputed["cross_attention_states"] = states.reshape(-1, states.shape[-2], states.shape[-1])
     with pytest.raises(ValueError, match="`pixel_values`"):
         FastRMWrapper(model, head).generate(**precomputed, max_new_tokens=2, return_relevancy=True)
+
+
+def test_fastrm_method_after_generation_reads_the_cross_attention_states():
+    """The 'fastrm' method on one teacher-forced forward gives the maps generate() gave (the same head on the same
+    states; another forward's batching, hence the float tolerance)."""
+    model, inputs, head = built("mllama")
+    _, out, _, _ = generated("mllama")
+    result = get_method("fastrm", head=head).attribute(model, dict(inputs), out.sequences)
+    torch.testing.assert_close(result.relevancy, out.relevancy, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("method", ["attention", "rollout", "lvlm-interpret"])
+def test_sequence_position_methods_refuse_cross_attention(method):
+    """Methods that read relevance at image positions of the sequence refuse a family with none, naming the two
+    that work."""
+    model, inputs, _ = built("mllama")
+    _, out, _, _ = generated("mllama")
+    with pytest.raises(NotImplementedError, match="through cross-attention .* 'fastrm' head or the 'gradient' teacher"):
+        get_method(method).attribute(model, dict(inputs), out.sequences)
