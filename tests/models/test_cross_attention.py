@@ -164,3 +164,15 @@ def test_sequence_position_methods_refuse_cross_attention(method):
     _, out, _, _ = generated("mllama")
     with pytest.raises(NotImplementedError, match="through cross-attention .* 'fastrm' head or the 'gradient' teacher"):
         get_method(method).attribute(model, dict(inputs), out.sequences)
+
+
+@pytest.mark.parametrize("mode", ["embedding", "pixel"])
+def test_faithfulness_refuses_cross_attention(mode):
+    """Removing image tokens from the sequence's embeddings or by patch pixels has no meaning for cross-attention
+    states and tiled 6-D pixel values: refused, not computed on the wrong tokens."""
+    from hf_fastrm.faithfulness import faithfulness_curves
+
+    model, inputs, _ = built("mllama")
+    _, out, _, _ = generated("mllama")
+    with pytest.raises(NotImplementedError, match="cross-attention|pixel mode needs"):
+        faithfulness_curves(model, dict(inputs), out.sequences, out.relevancy, mode=mode)
