@@ -97,8 +97,6 @@ NOT_DONE: dict[str, str] = {
     "`image_token_id` set in the config, which BLIP-2 checkpoints from 5.x processors do)",
     "instructblip": "Q-Former, as BLIP-2",
     "instructblipvideo": "Q-Former, as BLIP-2",
-    "mllama": "cross-attention: images enter through gated cross-attention layers, not as tokens of the decoder's "
-    "sequence; route: read the decoder's last state against the cross-attention states (not written)",
     "florence2": "encoder-decoder (BART): image tokens are in the encoder; route: decoder state vs encoder image "
     "states with Chefer et al.'s encoder-decoder rules (not written)",
     "pix2struct": "encoder-decoder; the encoder reads flattened patches, no placeholder tokens",
