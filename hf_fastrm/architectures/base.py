@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 ImageStateReader = Callable[[tuple, dict[str, Any]], "torch.Tensor | None"]
 """``reader(args, kwargs) -> (batch, image_states, hidden) or None``: see [`ArchitectureAdapter.image_state_source`]."""
 

@@ -76,7 +76,9 @@ class FastRM(RelevancyMethod):
         hidden = recorded["hidden"]  # (batch, length, hidden)
         head_device = next(self.head.parameters()).device
         cross = any(layout.cross_attention for layout in forced.layouts)
-        image_states, _ = _image_states(recorded["image_states"].to(hidden.device) if cross else hidden, forced.layouts)
+        image_states, _ = _image_states(
+            recorded["image_states"].to(hidden.device) if cross else hidden, forced.layouts
+        )
         keys = self.head.image_keys(image_states.to(head_device))
         token_states = hidden[:, forced.chosen_positions.to(hidden.device)].to(head_device)
         relevancy = self.head.relevance_from_keys(token_states, keys)  # (batch, steps, image_tokens)

@@ -449,7 +449,8 @@ def _propagate_bimodal(
     for index in reversed(range(len(layer_relevance))):
         relevance = layer_relevance[index].to(row.device)
         if is_cross[index]:
-            below = [rel.to(row.device) for rel, cross in zip(layer_relevance[:index], is_cross[:index]) if not cross]
+            pairs = zip(layer_relevance[:index], is_cross[:index], strict=True)
+            below = [rel.to(row.device) for rel, cross in pairs if not cross]
             added = _times_normalised_text_relevance(row, below) @ relevance
             image = added if image is None else image + added
         else:  # R_ti (rule 7) and R_tt (rule 6) both gain Abar_l R on the left: the row takes them in order

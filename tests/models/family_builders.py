@@ -1069,7 +1069,9 @@ def mllama_case() -> FamilyCase:
 
     def build():
         tokenizer = make_tokenizer(["<|image|>"])
-        processor = MllamaProcessor(MllamaImageProcessorPil(size={"height": 8, "width": 8}, max_image_tiles=4), tokenizer)
+        processor = MllamaProcessor(
+            MllamaImageProcessorPil(size={"height": 8, "width": 8}, max_image_tiles=4), tokenizer
+        )
         pictures = [images(*row, seed=i) for i, row in enumerate(sizes)]
         inputs = tensors(processor(images=pictures, text=text, return_tensors="pt", padding=True))
         config = MllamaConfig(

@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+import teacher_reference  # registers the plain eager attention it names
 import torch
 from test_families import built, generated
 from transformers import PretrainedConfig
 
-import teacher_reference  # noqa: F401  (registers the plain eager attention it names)
 from hf_fastrm import FastRMWrapper
 from hf_fastrm.architectures import get_adapter
 from hf_fastrm.methods import get_method
@@ -124,7 +124,7 @@ def test_teacher_follows_the_bimodal_rule_of_a_naive_reference():
 
 def test_refuses_image_tokens_without_their_images():
     """`aspect_ratio_ids` describing fewer images than the prompt's image tokens: a clear error, not a wrong map."""
-    model, inputs, head = built("mllama")
+    model, inputs, _ = built("mllama")
     ratio_ids = inputs["aspect_ratio_ids"].clone()
     ratio_ids[1, 1] = 0
     with pytest.raises(ValueError, match="holds 2 image tokens but its `aspect_ratio_ids` describe 1 images"):
@@ -162,7 +162,9 @@ def test_sequence_position_methods_refuse_cross_attention(method):
     that work."""
     model, inputs, _ = built("mllama")
     _, out, _, _ = generated("mllama")
-    with pytest.raises(NotImplementedError, match="through cross-attention .* 'fastrm' head or the 'gradient' teacher"):
+    with pytest.raises(
+        NotImplementedError, match="through cross-attention .* 'fastrm' head or the 'gradient' teacher"
+    ):
         get_method(method).attribute(model, dict(inputs), out.sequences)
 
 
