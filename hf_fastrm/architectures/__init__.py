@@ -6,6 +6,7 @@ from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
 from .hunyuan_vl import HunYuanVLAdapter
+from .idefics import IdeficsAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llama4 import Llama4Adapter
@@ -41,6 +42,7 @@ for _adapter in (
     AyaVisionAdapter,
     Llama4Adapter,
     MllamaAdapter,
+    IdeficsAdapter,
 ):
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
@@ -53,6 +55,7 @@ __all__ = [
     "Gemma4Adapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
+    "IdeficsAdapter",
     "InternVLAdapter",
     "Llama4Adapter",
     "LlavaAdapter",

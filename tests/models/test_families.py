@@ -17,6 +17,7 @@ from family_builders import (
     aya_vision_case,
     gemma3_case,
     idefics3_case,
+    idefics_case,
     internvl_case,
     llama4_case,
     llava_case,
@@ -62,6 +63,8 @@ CASES: list[FamilyCase] = [
     aya_vision_case(),
     llama4_case(),
     mllama_case(),
+    idefics_case(),
+    idefics_case(resampler=False),
     *table_cases(),
 ]
 BY_NAME = {case.name: case for case in CASES}
@@ -135,7 +138,7 @@ def reference_forward(model, inputs, sequences, case: FamilyCase) -> tuple[torch
     if case.image_states is not None:
         module, read = case.image_states(model)
         handle = module.register_forward_pre_hook(
-            lambda _, args, kwargs: recorded.update(states=read(kwargs)), with_kwargs=True
+            lambda _, args, kwargs: recorded.update(states=read(args, kwargs)), with_kwargs=True
         )
     try:
         with torch.no_grad():

@@ -87,12 +87,12 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
     }
     captured = {}
     # the image tokens' inputs: the decoder's input embeddings, or a cross-attention family's image states
-    module, read = (language_model, lambda kwargs: kwargs.get("inputs_embeds"))
+    module, read = (language_model, lambda args, kwargs: kwargs.get("inputs_embeds"))
     if BY_NAME[name].image_states is not None:
         module, read = BY_NAME[name].image_states(model)
 
     def capture(module, args, kwargs):
-        captured["embeds"] = read(kwargs)
+        captured["embeds"] = read(args, kwargs)
 
     handle = module.register_forward_pre_hook(capture, with_kwargs=True)
     try:

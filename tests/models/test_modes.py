@@ -138,8 +138,10 @@ def check_result(name: str, mode: str, model, inputs: dict, head, sequences: tor
         count = int(torch.isin(sequences[row, :prompt_length], placeholders).sum())
         layout = result.image_layouts[row]
         assert int(result.image_token_mask[row].sum()) == layout.num_image_tokens
-        # cross-attention families: one placeholder per image, whose states are not positions of the sequence
-        assert (len(layout.image_grids) if layout.cross_attention else layout.num_image_tokens) == count
+        if layout.cross_attention:  # image states are no positions of the sequence: one grid per image of the prompt
+            assert len(layout.image_grids) == len(case.expected_grids[row // returned])
+        else:
+            assert layout.num_image_tokens == count
 
     valid = result.token_mask.unsqueeze(-1) & result.image_token_mask.unsqueeze(1)
     values = result.relevancy[valid]
