@@ -13,7 +13,7 @@ import copy
 import pytest
 import teacher_reference  # registers the plain eager attention it names
 import torch
-from test_families import built, generated
+from test_families import BY_NAME, built, generated
 from transformers import PretrainedConfig
 
 from hf_fastrm import FastRMWrapper
@@ -31,7 +31,7 @@ def normalised(relevance: torch.Tensor) -> torch.Tensor:
     return eye + torch.where(sums > 0, residual / sums.where(sums > 0, torch.ones_like(sums)), 0.0)
 
 
-def naive_bimodal_relevancy(model, inputs: dict, sequences: torch.Tensor) -> list[torch.Tensor]:
+def naive_bimodal_relevancy(model, inputs: dict, sequences: torch.Tensor, case) -> list[torch.Tensor]:
     """Per row `(new_tokens, image_tokens)`, written out plainly: eager attention of every decoder layer (self and
     cross) kept with `retain_grad`, one backward per token, and the full matrices ``R_tt`` `(n, n)` and ``R_ti``
     `(n, image_states)` updated layer by layer, first layer first: self-attention ``R_tt += A R_tt``, ``R_ti += A
@@ -45,9 +45,10 @@ def naive_bimodal_relevancy(model, inputs: dict, sequences: torch.Tensor) -> lis
     new = sequences.shape[1] - prompt_length
     ids = sequences[:, : prompt_length + new - 1]
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(ids[:, prompt_length:])], dim=1)
-    cross_mask = inputs["cross_attention_mask"]
-    cross_mask = torch.cat([cross_mask, cross_mask[:, -1:].expand(-1, new - 1, -1, -1)], dim=1)
-    kwargs = {k: inputs[k] for k in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")}
+    kwargs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    for key in case.repeat_inputs:  # per-token inputs: generated tokens repeat the prompt's last row
+        value = kwargs[key]
+        kwargs[key] = torch.cat([value, value[:, -1:].expand(-1, new - 1, *value.shape[2:])], dim=1)
     layouts = adapter.image_layout(model.config, inputs["input_ids"], dict(inputs))
 
     weights: dict[int, torch.Tensor] = {}
@@ -66,7 +67,6 @@ def naive_bimodal_relevancy(model, inputs: dict, sequences: torch.Tensor) -> lis
             logits = model(
                 input_ids=ids,
                 attention_mask=mask,
-                cross_attention_mask=cross_mask,
                 position_ids=generation_position_ids(mask),
                 use_cache=False,
                 **kwargs,
@@ -104,16 +104,17 @@ def naive_bimodal_relevancy(model, inputs: dict, sequences: torch.Tensor) -> lis
     return maps
 
 
-def test_teacher_follows_the_bimodal_rule_of_a_naive_reference():
+@pytest.mark.parametrize("name", ["mllama", "idefics"])
+def test_teacher_follows_the_bimodal_rule_of_a_naive_reference(name):
     """The teacher's vector form (gradients of probes, rows propagated as vectors, ``Rbar_tt`` from ``R 1``) equals
     full matrices updated layer by layer, in float64 (the maps are ~1e-5 in the tiny random model: float32 rounding
-    would be a visible share of them)."""
-    model, inputs, _ = built("mllama")
-    _, out, _, _ = generated("mllama")
+    would be a visible share of them). IDEFICS: two cross-attention blocks, each before a decoder layer."""
+    model, inputs, _ = built(name)
+    _, out, _, _ = generated(name)
     model = copy.deepcopy(model).double()
     inputs = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
     result = gradient_relevancy(model, inputs, out.sequences).result
-    expected = naive_bimodal_relevancy(model, inputs, out.sequences)
+    expected = naive_bimodal_relevancy(model, inputs, out.sequences, BY_NAME[name])
     for row, want in enumerate(expected):
         n = result.image_layouts[row].num_image_tokens
         tokens = result.token_mask[row]
