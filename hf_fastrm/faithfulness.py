@@ -158,6 +158,11 @@ def faithfulness_curves(
     num_new = min(relevancy.shape[1], sequences.shape[1] - prompt_length)
     relevancy = relevancy[:, :num_new].detach().float().cpu()
     layouts = _row_layouts(model, input_ids, extra)
+    if mode == "embedding" and any(layout.cross_attention for layout in layouts):
+        raise NotImplementedError(
+            f"{type(model).__name__} takes its images through cross-attention: its image tokens are cross-attention "
+            "states, not embeddings of the sequence, so the embedding mode cannot remove them (not supported yet)."
+        )
     for row, layout in enumerate(layouts):
         if relevancy.shape[2] < layout.num_image_tokens:
             raise ValueError(

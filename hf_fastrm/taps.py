@@ -78,6 +78,7 @@ class HiddenStateTap:
         self._encoder_depth = 0
         self._expand_size: int | None = None
         self._encoder_prompt: dict[str, Any] | None = None
+        self._read_image_states: Any = None
         self.reset()
 
     def reset(self) -> None:
@@ -96,6 +97,7 @@ class HiddenStateTap:
         self._pending_prefill = False
         self._shared_rows = 1
         self._prefill_kwargs: dict[str, Any] = {}
+        self._prefill_image_states: torch.Tensor | None = None  # cross-attention families: what the prefill read
         self.prefill_error: ValueError | None = None
 
     @property
@@ -112,8 +114,12 @@ class HiddenStateTap:
         if self.attached:
             return self
         norm = self.adapter.final_norm(self.model)
+        source = self.adapter.image_state_source(self.model)
         try:
             self._handles.append(self.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            if source is not None:
+                module, self._read_image_states = source
+                self._handles.append(module.register_forward_pre_hook(self._image_state_hook, with_kwargs=True))
             self._handles.append(norm.register_forward_hook(self._norm_hook))
             self._wrap_encoders()
         except BaseException:
@@ -363,18 +369,47 @@ class HiddenStateTap:
                 "generate with num_beams=1 and num_return_sequences=1."
             ) from error
 
+    def _image_state_hook(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Cross-attention families: records the image states the adapter reads from this call's inputs (prefill
+        only; decoding steps reuse the cached cross-attention keys and carry none)."""
+        if self._pending_prefill:
+            states = self._read_image_states(args, kwargs)
+            if states is not None:
+                self._prefill_image_states = states.detach()
+
+    def _prefill_source(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """`(rows, positions, hidden)` the layouts' image positions index: the last hidden states, or for
+        cross-attention layouts the image states recorded at this prefill (None, with `prefill_error` set, when the
+        prefill carried none or fewer than the layouts name)."""
+        if not any(layout.cross_attention for layout in self.layouts):
+            kwargs, self._prefill_kwargs = self._prefill_kwargs, {}
+            return self.adapter.image_key_states(self.model, hidden, kwargs).detach()
+        states, self._prefill_image_states = self._prefill_image_states, None
+        needed = int(self._gather_index.max()) + 1 if self._gather_index.numel() else 0
+        if states is None or states.shape[0] != hidden.shape[0] or states.shape[1] < needed:
+            got = "none" if states is None else f"shape {tuple(states.shape)}"
+            self.prefill_error = ValueError(
+                f"The prefill's cross-attention image states ({got}) do not hold the {needed} per row that the image "
+                f"layout of {type(self.model).__name__} names. Pass the pixel values and everything else the "
+                "processor returned to generate() (not precomputed `cross_attention_states`)."
+            )
+            return None
+        return states.to(hidden.device)
+
     def _norm_hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         # encoder calls made inside this forward (a direct call with pixel values) belong to no later prefill
         self._encoder_kwargs = {}
         self._expand_size = None
         hidden = output[0] if isinstance(output, tuple) else output
+        source = self._prefill_source(hidden) if self._pending_prefill else None
+        if source is None:
+            self._pending_prefill = False
         if self._pending_prefill:
             self._pending_prefill = False
             self.prefill_count += 1
             # one row of each group of in-place copies (all rows without beam search / num_return_sequences)
             share = self._shared_rows
-            source = self.adapter.image_key_states(self.model, hidden, self._prefill_kwargs).detach()[::share]
-            self._prefill_kwargs = {}
+            source = source[::share]
             index = self._gather_index[::share].to(source.device)
             image_states = torch.gather(source, 1, index.unsqueeze(-1).expand(-1, -1, source.shape[-1]))
             # in place: the gathered copy is ours, and a second (rows, image_tokens, hidden) copy would add to the

@@ -13,7 +13,7 @@ def text_token_index(
     attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the prompt positions that hold text: attended (``attention_mask`` 1, so padding is left out) and
-    not an image token.
+    not an image token (cross-attention layouts name no prompt position, so every attended position is kept).
 
     Args:
         prompt_length (`int`): length of the (padded) prompt.
@@ -29,7 +29,8 @@ def text_token_index(
     if attention_mask is not None:
         keep &= attention_mask[:, :prompt_length].detach().cpu().bool()
     for row, layout in enumerate(layouts):
-        keep[row, layout.image_positions.cpu()] = False
+        if not layout.cross_attention:  # cross-attention image states are not positions of the prompt
+            keep[row, layout.image_positions.cpu()] = False
     counts = keep.sum(dim=1)
     width = max(1, int(counts.max()) if batch else 1)
     index = torch.zeros(batch, width, dtype=torch.long)

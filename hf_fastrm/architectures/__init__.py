@@ -8,6 +8,7 @@ from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .hy_v4_vl import HYV4VLAdapter
+from .idefics import IdeficsAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
 from .llama4 import Llama4Adapter
@@ -15,6 +16,7 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
+from .mllama import MllamaAdapter
 from .nemotron_h_omni import NemotronHOmniAdapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
@@ -44,6 +46,8 @@ for _adapter in (
     InternVLAdapter,
     AyaVisionAdapter,
     Llama4Adapter,
+    MllamaAdapter,
+    IdeficsAdapter,
 ):
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter(), *ENCODER_DECODER_FAMILIES):
@@ -64,6 +68,7 @@ __all__ = [
     "HYV4VLAdapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
+    "IdeficsAdapter",
     "InternVLAdapter",
     "Llama4Adapter",
     "LlavaAdapter",
@@ -71,6 +76,7 @@ __all__ = [
     "LlavaNextVideoAdapter",
     "LlavaOnevisionAdapter",
     "Mistral3Adapter",
+    "MllamaAdapter",
     "PaliGemmaAdapter",
     "PlaceholderAdapter",
     "Qwen2VLAdapter",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+ImageStateReader = Callable[[tuple, dict[str, Any]], "torch.Tensor | None"]
+"""``reader(args, kwargs) -> (batch, image_states, hidden) or None``: see [`ArchitectureAdapter.image_state_source`]."""
 
 
 @dataclass
@@ -21,11 +25,21 @@ class RowImageLayout:
             no token does. Tokens that belong to no grid cell (newline or separator tokens) are left out.
         grid_labels (`list[str]`): one per grid, what it shows (``"image 0"``, ``"image 0 tiles"``, ``"image 0 base"``,
             ``"video 0"``, ...); empty when the adapter does not name its grids.
+        source (`str`): what `image_positions` index. ``"sequence"`` (the default): positions of the decoder's token
+            sequence, whose last hidden states are the image tokens' states. ``"cross_attention"``: indices into the
+            row's image states that the decoder's cross-attention layers attend to (`(image_states, hidden)` per row,
+            read by [`ArchitectureAdapter.image_state_source`]); the decoder's sequence holds no image tokens then.
     """
 
     image_positions: torch.Tensor
     image_grids: list[torch.Tensor] = field(default_factory=list)
     grid_labels: list[str] = field(default_factory=list)
+    source: str = "sequence"
+
+    @property
+    def cross_attention(self) -> bool:
+        """Whether the image tokens are cross-attention image states rather than positions of the sequence."""
+        return self.source == "cross_attention"
 
     @property
     def num_image_tokens(self) -> int:
@@ -157,6 +171,28 @@ class ArchitectureAdapter:
                 "Pass everything the model's processor returned, e.g. `model.generate(**processor(images=image, "
                 "text=prompt, return_tensors='pt'), ...)`."
             )
+
+    per_token_inputs: tuple[str, ...] = ()
+    """Prompt tensors of shape `(batch, seq, ...)` besides ``*token_type_ids`` that the model extends over generated
+    tokens with its own ``_update_model_kwargs_for_generation`` (Mllama's ``cross_attention_mask``); a
+    teacher-forced forward extends them the same way."""
+
+    def image_state_source(self, model: nn.Module) -> tuple[nn.Module, ImageStateReader] | None:
+        """Where the image states come from when they are not positions of the decoder's sequence (cross-attention
+        families, whose layouts have ``source="cross_attention"``).
+
+        Returns `None` (the default) when the image tokens' states are the last hidden states at the layout's
+        positions. Otherwise `(module, reader)`: the tap registers a forward pre-hook with kwargs on `module`, and at
+        each prefill ``reader(args, kwargs)`` returns the image states, `(batch, image_states, hidden)` in the width
+        of the decoder's last hidden states (the keys the FastRM head reads; the layout's `image_positions` index
+        dim 1), or `None` when the call carries none (decoding steps, which reuse the cached cross-attention keys).
+        """
+        return None
+
+    def cross_attention_layers(self, model: nn.Module) -> list[int]:
+        """Indices of the decoder layers whose attention is cross-attention from the text to the image states (the
+        gradient teacher applies Chefer et al.'s bi-modal rule there); empty for placeholder-token families."""
+        return []
 
     def computes_own_positions(self, model: nn.Module) -> bool:
         """Whether the model derives its position ids itself (multimodal rotary positions from the image grids,

@@ -126,15 +126,12 @@ NOT_DONE: dict[str, str] = {
     "`image_token_id` set in the config, which BLIP-2 checkpoints from 5.x processors do)",
     "instructblip": "Q-Former, as BLIP-2",
     "instructblipvideo": "Q-Former, as BLIP-2",
-    "mllama": "cross-attention: images enter through gated cross-attention layers, not as tokens of the decoder's "
-    "sequence; route: read the decoder's last state against the cross-attention states (not written)",
     "udop": "encoder-decoder (T5) over layout tokens, not on the encoder-decoder route yet: its encoder merges image "
     "patches into the text tokens whose boxes cover them and appends the rest (`combine_image_text_embeddings`), so "
     "the image positions of the encoder's sequence need that box logic in an adapter (not written)",
     "kosmos-2": "images written through `image_embeds_position_mask`, no placeholder id in the config (not written)",
     "kosmos-2.5": "as Kosmos-2, plus flattened patches",
     "git": "image features prepended to the text embeddings without placeholder tokens (not written)",
-    "idefics": "cross-attention to perceiver latents (IDEFICS 1)",
     "chameleon": "images are VQ codes: the image tokens are ordinary vocabulary ids in the prompt (not written)",
     "emu3": "images are VQ codes, as Chameleon",
     "evolla": "protein-text model: no images",

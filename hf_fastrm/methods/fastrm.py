@@ -50,21 +50,35 @@ class FastRM(RelevancyMethod):
     ) -> FastRMResult:
         model = unwrap_model(model)
         self.head.check_compatible(model.config, check_base_model=self.check_base_model)
-        forced = forced_sequence(model, inputs, sequences_of(outputs_or_sequences), **options)
+        forced = forced_sequence(model, inputs, sequences_of(outputs_or_sequences), cross_attention=True, **options)
         norm = forced.adapter.final_norm(model)
         recorded: dict[str, torch.Tensor] = {}
 
         def keep_last_hidden(module: nn.Module, args: tuple, output: Any) -> None:
             recorded["hidden"] = output[0] if isinstance(output, tuple) else output
 
-        handle = norm.register_forward_hook(keep_last_hidden)
+        handles = [norm.register_forward_hook(keep_last_hidden)]
+        source = forced.adapter.image_state_source(model)
+        if source is not None:  # cross-attention families: the image tokens are the cross-attention image states
+            module, read = source
+
+            def keep_image_states(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+                states = read(args, kwargs)
+                if states is not None:
+                    recorded["image_states"] = states
+
+            handles.append(module.register_forward_pre_hook(keep_image_states, with_kwargs=True))
         try:
             forced.forward()
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         hidden = recorded["hidden"]  # (batch, length, hidden)
         head_device = next(self.head.parameters()).device
-        image_states, _ = _image_states(hidden, forced.layouts)
+        cross = any(layout.cross_attention for layout in forced.layouts)
+        image_states, _ = _image_states(
+            recorded["image_states"].to(hidden.device) if cross else hidden, forced.layouts
+        )
         keys = self.head.image_keys(image_states.to(head_device))
         token_states = hidden[:, forced.chosen_positions.to(hidden.device)].to(head_device)
         relevancy = self.head.relevance_from_keys(token_states, keys)  # (batch, steps, image_tokens)

@@ -121,9 +121,14 @@ def forced_sequence(
     *,
     eos_token_id: int | list[int] | None = None,
     special_ids: list[int] | None = None,
+    cross_attention: bool = False,
 ) -> ForcedSequence:
     """Prepares `sequences` (checked against the prompt in `inputs`) for one teacher-forced forward, as the gradient
-    teacher does (same positions, same per-token inputs)."""
+    teacher does (same positions, same per-token inputs).
+
+    A method that reads relevance at image positions of the sequence cannot explain a family whose images enter
+    through cross-attention (layouts with ``source="cross_attention"``): it is refused unless the caller handles
+    such layouts (`cross_attention=True`: the FastRM head and the gradient teacher)."""
     if not isinstance(inputs, dict) and hasattr(inputs, "keys"):
         inputs = dict(inputs)
     model = unwrap_model(model)
@@ -135,6 +140,12 @@ def forced_sequence(
     new_tokens = sequences[:, prompt_length:].to(input_ids.device)
     layouts = adapter.image_layout(model.config, input_ids, extra)
     check_image_tokens(layouts)
+    if not cross_attention and any(layout.cross_attention for layout in layouts):
+        raise NotImplementedError(
+            "This method reads relevance at the image tokens' positions of the sequence, but "
+            f"{type(model).__name__} takes its images through cross-attention (the sequence holds no image "
+            "tokens). Use the 'fastrm' head or the 'gradient' teacher, which read the cross-attention image states."
+        )
     eos_ids = eos_token_ids(model, eos_token_id)
     specials = special_token_ids(model, eos_token_id, special_ids)
     token_mask, _ = token_masks(new_tokens, eos_ids, specials)

@@ -457,6 +457,8 @@ class AttentionCapture:
             without a probe, so gradients still flow through them exactly).
         block_rows (`int`, *optional*): query rows per block of the attention's backward (see [`row_blocks`]); one
             block over all rows when None.
+        cross_layers (`set[int]`, *optional*): layers whose attention is cross-attention to image states (their
+            probe is `(batch, seq, image_states)`; without a mask every state is visible, never a causal mask).
 
     After a forward pass inside the context, `probes` maps each probed layer to its probe, shape
     `(batch, seq, seq)`; the gradient of a target with respect to a probe is that layer's
@@ -470,8 +472,10 @@ class AttentionCapture:
         layers: nn.ModuleList,
         probed_layers: list[int],
         block_rows: int | None = None,
+        cross_layers: set[int] | None = None,
     ) -> None:
         self.model = model
+        self.cross_layers = set(cross_layers or ())
         self.language_model = language_model
         self.num_layers = len(layers)
         self.layer_of_module = {id(module): index for index, module in enumerate(attention_modules(layers))}
@@ -553,7 +557,10 @@ class AttentionCapture:
             raise ValueError(f"{query.shape[1]} query heads cannot share {key.shape[1]} key/value heads evenly.")
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
-        mask = _additive_mask(module, attention_mask, query, key)
+        if layer in self.cross_layers and attention_mask is None:
+            mask = None  # every image state is visible (no causal mask across modalities)
+        else:
+            mask = _additive_mask(module, attention_mask, query, key)
         probe = None
         if layer in self.probed_layers:
             batch, q_len, k_len = query.shape[0], query.shape[-2], key.shape[-2]

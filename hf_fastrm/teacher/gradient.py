@@ -12,6 +12,19 @@ attention probabilities ``A_l`` of shape `(heads, n, n)`,
 where ``dy/dA_l`` is the total derivative (through every later layer). Only row ``p`` of ``R`` is needed, so the row
 is propagated as a vector: ``v = e_p; for l = L..1: v <- v + v Abar_l``.
 
+Cross-attention families (Mllama: the image states are keys of cross-attention layers, not positions of the
+sequence; layouts with ``source="cross_attention"``) follow Chefer et al.'s rules for bi-modal attention with the
+image states as a second modality that does not attend to the text (``R_ii = I``, ``R_it = 0``): self-attention
+layers update ``R_tt <- R_tt + Abar R_tt`` and ``R_ti <- R_ti + Abar R_ti`` (rules 6 and 7), and a cross-attention
+layer ``c``, whose ``Abar_c`` `(n, image_states)` is formed like the others from its probabilities and gradients,
+adds ``R_ti <- R_ti + Rbar_tt Abar_c`` (rule 10 with ``Rbar_ii = I``), where ``Rbar_tt = I + rownorm(R_tt - I)`` over the
+self-attention layers below ``c`` (rules 8 and 9). Rule 10 as printed multiplies by the transpose of ``Rbar_tt``;
+in a causal decoder that reads the rows of later positions, whose gradients are zero, so it would drop what the
+token draws from earlier tokens' cross-attention; the rows of ``Rbar_tt`` (the token's own mixing, as rule 7 applies
+it) are used instead. The token's map is row ``p`` of ``R_ti`` at the layout's image states:
+``sum over c of (e_p (I + Abar_L) ... (I + Abar_{c+1})) Rbar_tt(<c) Abar_c`` (self-attention layers only in the
+products), propagated as vectors like the rest.
+
 The lean form: weights frozen (no weight gradients), generation done beforehand without a graph, then one
 teacher-forced forward of the whole sequence in which the language model's attention records what the backward needs
 (see [`hf_fastrm.teacher.attention`]), and one backward per generated token, several tokens at a time through
@@ -35,6 +48,7 @@ from ..architectures import get_adapter
 from ..outputs import GENERATE_OUTPUTS, FastRMResult
 from ..results import (
     call_eos_token_id,
+    gather_image_slots,
     image_slots,
 )
 from .attention import AttentionCapture, frozen, relevance_dtype
@@ -79,7 +93,8 @@ class TeacherOutput:
             positions after ``p`` and tokens after the row's end. Position ``p`` itself holds the identity term (>= 1).
         image_hidden_states (`torch.FloatTensor` of shape `(batch, image_tokens, hidden)`, *optional*): the language
             model's last hidden states (final norm output, what ``lm_head`` reads) at the image positions, zero in
-            padding slots.
+            padding slots; for cross-attention layouts the image states the cross-attention layers attend to (what
+            the FastRM head reads as keys there).
         token_hidden_states (`torch.FloatTensor` of shape `(batch, new_tokens, hidden)`, *optional*): the same at the
             position that chose each token (zero for steps after every row has ended).
         text_hidden_states (`torch.FloatTensor` of shape `(batch, text_tokens, hidden)`, *optional*): the same at the
@@ -207,22 +222,37 @@ def gradient_relevancy(
     from ..methods.forward import forced_sequence
 
     sequences = sequences_of(sequences)
-    forced = forced_sequence(model, inputs, sequences, eos_token_id=eos_token_id, special_ids=special_token_ids)
+    forced = forced_sequence(
+        model, inputs, sequences, eos_token_id=eos_token_id, special_ids=special_token_ids, cross_attention=True
+    )
     batch, prompt_length, steps = forced.input_ids.shape[0], forced.prompt_length, forced.steps
     layouts = forced.layouts
     decoder_layers = forced.adapter.decoder_layers(model)
     selected = select_layers(layers, len(decoder_layers))
-    rows, hidden = _relevancy_rows(
+    cross_layers = set(forced.adapter.cross_attention_layers(model))
+    cross = any(layout.cross_attention for layout in layouts)
+    if cross != bool(cross_layers):
+        raise ValueError(
+            f"The {type(forced.adapter).__name__} layouts and cross-attention layers disagree: the layouts "
+            f"{'index' if cross else 'do not index'} cross-attention image states, and the adapter names "
+            f"{sorted(cross_layers) or 'no'} cross-attention layers."
+        )
+    rows, hidden, image_rows, image_states = _relevancy_rows(
         forced,
         decoder_layers,
         selected,
+        cross_layers=cross_layers,
         target=target,
         token_chunk_size=token_chunk_size,
         block_rows=attention_block_rows or None,
         show_progress=show_progress,
         keep_hidden=return_hidden_states,
-    )  # rows: (batch, steps, length)
-    result = forced.result(rows, "gradient")
+    )  # rows: (batch, steps, length); image_rows: (batch, steps, image_states) for cross-attention layouts
+    if cross:
+        picked, _ = gather_image_slots(image_rows, layouts)
+        result = forced.result(picked, "gradient", over_positions=False)
+    else:
+        result = forced.result(rows, "gradient")
     output = TeacherOutput(result=result, layers=selected, target=target)
     num_new, length = forced.new_tokens.shape[1], forced.input_ids.shape[1]
 
@@ -238,15 +268,17 @@ def gradient_relevancy(
         valid = torch.cat([prompt_mask, prompt_mask.new_ones(batch, seq_len - prompt_length)], dim=1)
         valid = valid.to(rows.device)
         for row, layout in enumerate(layouts):
-            valid[row, layout.image_positions.to(rows.device)] = False
+            if not layout.cross_attention:  # cross-attention image states are no positions of the sequence
+                valid[row, layout.image_positions.to(rows.device)] = False
         keep = visible & valid.unsqueeze(1) & result.token_mask.unsqueeze(-1)
         output.text_relevancy = text.masked_fill(~keep, math.nan)
 
     if return_hidden_states:
         width = hidden.shape[-1]
         image_index, image_mask = image_slots(layouts, hidden.device)
-        image_states = hidden.gather(1, image_index.unsqueeze(-1).expand(-1, -1, width))
-        output.image_hidden_states = image_states * image_mask.unsqueeze(-1)
+        source = image_states.to(hidden.device) if cross else hidden
+        picked_states = source.gather(1, image_index.unsqueeze(-1).expand(-1, -1, width))
+        output.image_hidden_states = picked_states * image_mask.unsqueeze(-1)
         token_states = hidden.new_zeros(batch, num_new, width)
         token_states[:, :steps] = hidden[:, forced.chosen_positions.to(hidden.device)]
         output.token_hidden_states = token_states
@@ -286,14 +318,19 @@ def _relevancy_rows(
     decoder_layers: nn.ModuleList,
     selected: list[int],
     *,
+    cross_layers: set[int] | None = None,
     target: str,
     token_chunk_size: int,
     block_rows: int | None,
     show_progress: bool,
     keep_hidden: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Row ``p`` of ``R`` for every token of the forced sequence (a `hf_fastrm.methods.forward.ForcedSequence`):
-    `(batch, steps, length)`; and the final-norm output `(batch, length, hidden)` when `keep_hidden`."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Row ``p`` of ``R`` (``R_tt`` with cross-attention layers) for every token of the forced sequence (a
+    `hf_fastrm.methods.forward.ForcedSequence`): `(batch, steps, length)`; the final-norm output `(batch, length,
+    hidden)` when `keep_hidden`; and with `cross_layers` (decoder layers attending to image states), row ``p`` of
+    ``R_ti``, `(batch, steps, image_states)`, and the image states the adapter's source read, `(batch,
+    image_states, hidden)` (None and None without)."""
+    cross_layers = cross_layers or set()
     model, adapter = forced.model, forced.adapter
     batch, length = forced.input_ids.shape
     steps = forced.steps
@@ -306,8 +343,20 @@ def _relevancy_rows(
     def keep_last_hidden(module: nn.Module, args: tuple, output: Any) -> None:
         recorded["hidden"] = (output[0] if isinstance(output, tuple) else output).detach()
 
-    capture = AttentionCapture(model, language_model, decoder_layers, selected, block_rows=block_rows)
-    handle = norm.register_forward_hook(keep_last_hidden) if keep_hidden else None
+    capture = AttentionCapture(
+        model, language_model, decoder_layers, selected, block_rows=block_rows, cross_layers=cross_layers
+    )
+    handles = [norm.register_forward_hook(keep_last_hidden)] if keep_hidden else []
+    if cross_layers:
+        module, read_states = adapter.image_state_source(model)
+
+        def keep_image_states(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            states = read_states(args, kwargs)
+            if states is not None:
+                recorded["image_states"] = states.detach()
+
+        handles.append(module.register_forward_pre_hook(keep_image_states, with_kwargs=True))
+    is_cross = [layer in cross_layers for layer in selected]
     try:
         with frozen(model), capture, torch.enable_grad():
             outputs = forced.forward()
@@ -329,6 +378,10 @@ def _relevancy_rows(
             del logits, scores
             probes = [capture.probes[layer] for layer in selected]
             rows = torch.zeros(batch, steps, length, dtype=rel_dtype, device=targets.device)
+            image_rows = None
+            if any(is_cross):
+                width = capture.probes[selected[is_cross.index(True)]].shape[-1]
+                image_rows = torch.zeros(batch, steps, width, dtype=rel_dtype, device=targets.device)
             chunk = min(token_chunk_size, steps)
             start = 0
             with tqdm(total=steps, desc="Gradient relevancy", unit="token", disable=not show_progress) as progress:
@@ -346,15 +399,20 @@ def _relevancy_rows(
                         _empty_cache(targets.device)
                         continue
                     positions = chosen_positions[start:stop].to(rows.device)
-                    rows[:, start:stop] = _propagate(layer_relevance, positions, length).transpose(0, 1)
+                    if image_rows is None:
+                        rows[:, start:stop] = _propagate(layer_relevance, positions, length).transpose(0, 1)
+                    else:
+                        text_row, image_row = _propagate_bimodal(layer_relevance, is_cross, positions, length)
+                        rows[:, start:stop] = text_row.transpose(0, 1)
+                        image_rows[:, start:stop] = image_row.transpose(0, 1)
                     del layer_relevance
                     progress.update(stop - start)
                     start = stop
     finally:
-        if handle is not None:
+        for handle in handles:
             handle.remove()
         capture.release()
-    return rows, recorded.get("hidden")
+    return rows, recorded.get("hidden"), image_rows, recorded.get("image_states")
 
 
 def _chunk_relevance(targets: torch.Tensor, probes: list[torch.Tensor], start: int, stop: int) -> list[torch.Tensor]:
@@ -387,6 +445,56 @@ def _propagate(layer_relevance: list[torch.Tensor], positions: torch.Tensor, len
     for relevance in reversed(layer_relevance):
         row = row + row @ relevance.to(row.device)
     return row.squeeze(2)
+
+
+def _propagate_bimodal(
+    layer_relevance: list[torch.Tensor], is_cross: list[bool], positions: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row ``p`` of ``R_tt`` and of ``R_ti`` under Chefer et al.'s bi-modal rules (see the module docstring).
+
+    Args:
+        layer_relevance: ``Abar_l`` per probed layer, first to last: `(tokens, batch, n, n)` for self-attention,
+            `(tokens, batch, n, image_states)` for cross-attention layers.
+        is_cross: which of them are cross-attention layers.
+        positions (`torch.LongTensor` of shape `(tokens,)`): each token's position ``p``.
+
+    Returns:
+        `(tokens, batch, length)` and `(tokens, batch, image_states)`, on `positions`' device.
+    """
+    tokens, batch = layer_relevance[0].shape[:2]
+    start = torch.nn.functional.one_hot(positions, length).to(layer_relevance[0].dtype)
+    row = start.unsqueeze(1).expand(tokens, batch, length).unsqueeze(2)  # (tokens, batch, 1, n)
+    image = None
+    for index in reversed(range(len(layer_relevance))):
+        relevance = layer_relevance[index].to(row.device)
+        if is_cross[index]:
+            pairs = zip(layer_relevance[:index], is_cross[:index], strict=True)
+            below = [rel.to(row.device) for rel, cross in pairs if not cross]
+            added = _times_normalised_text_relevance(row, below) @ relevance
+            image = added if image is None else image + added
+        else:  # R_ti (rule 7) and R_tt (rule 6) both gain Abar_l R on the left: the row takes them in order
+            row = row + row @ relevance
+    return row.squeeze(2), image.squeeze(2)
+
+
+def _times_normalised_text_relevance(row: torch.Tensor, below: list[torch.Tensor]) -> torch.Tensor:
+    """``row Rbar`` for ``R = (I + Abar_k) ... (I + Abar_1)`` (the self-attention layers `below`, first to last) and
+    ``Rbar = I + D^-1 (R - I)``, ``D`` the row sums of ``R - I`` (Chefer et al.'s rules 8 and 9; rows summing to 0
+    stay the identity's): ``row + (row D^-1) R - row D^-1``, with ``R 1`` and ``(row D^-1) R`` as vector products.
+
+    Shapes: `row` `(tokens, batch, 1, n)`, each of `below` `(tokens, batch, n, n)`; returns `(tokens, batch, 1, n)`.
+    """
+    if not below:
+        return row
+    column = torch.ones_like(row).transpose(-1, -2)  # (tokens, batch, n, 1): R 1, first layer applied first
+    for relevance in below:
+        column = column + relevance @ column
+    sums = (column - 1).transpose(-1, -2)  # (tokens, batch, 1, n): row sums of R - I
+    weights = torch.where(sums > 0, row / sums.clamp(min=torch.finfo(sums.dtype).tiny), torch.zeros_like(row))
+    mixed = weights
+    for relevance in reversed(below):
+        mixed = mixed + mixed @ relevance
+    return row + mixed - weights
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -443,14 +551,17 @@ def prompt_inputs(
 def extend_per_token_inputs(
     model: nn.Module, extra: dict[str, Any], prompt_length: int, new_tokens: int
 ) -> dict[str, Any]:
-    """Per-token prompt tensors (``token_type_ids``, ``mm_token_type_ids``, ...), `(batch, prompt_len)`, extended
+    """Per-token prompt tensors (``token_type_ids``, ``mm_token_type_ids``, ..., and the adapter's
+    `per_token_inputs` such as Mllama's ``cross_attention_mask`` `(batch, prompt_len, ...)`), `(batch, prompt_len)`, extended
     over `new_tokens` generated positions by the model's own generation rule (``_update_model_kwargs_for_generation``,
     one step at a time as `generate()` applies it; PaliGemma, for one, marks generated tokens as its causal suffix).
     """
+    named = get_adapter(model).per_token_inputs
     per_token = {
         key: value
         for key, value in extra.items()
-        if key.endswith("token_type_ids") and isinstance(value, torch.Tensor) and value.shape[-1] == prompt_length
+        if (key.endswith("token_type_ids") and isinstance(value, torch.Tensor) and value.shape[-1] == prompt_length)
+        or (key in named and isinstance(value, torch.Tensor) and value.dim() > 1 and value.shape[1] == prompt_length)
     }
     if not per_token or new_tokens == 0:
         return extra
@@ -458,10 +569,14 @@ def extend_per_token_inputs(
     extended = dict(per_token)
     try:
         for _ in range(new_tokens):
-            extended = update(ModelOutput(), extended, num_new_tokens=1)
+            extended = update(ModelOutput(), extended, is_encoder_decoder=False, num_new_tokens=1)
     except (AttributeError, KeyError, TypeError):  # no (usable) rule: generate()'s generic one
         extended = dict(per_token)
         for key, value in per_token.items():
+            if key in named:  # the adapter's per-token inputs: generated tokens repeat the prompt's last row
+                last = value[:, -1:]
+                extended[key] = torch.cat([value, last.expand(-1, new_tokens, *last.shape[2:])], dim=1)
+                continue
             tail = get_adapter(model).generated_token_types(key, value, new_tokens)
             extended[key] = torch.cat([value, tail], dim=-1)
     return {**extra, **{key: extended[key] for key in per_token}}

@@ -55,6 +55,12 @@ class FamilyCase:
         notes: what the case covers.
         new_token_type: the `token_type_ids` value of generated tokens in the reference forward (PaliGemma: 1,
             the suffix; elsewhere 0, text).
+        repeat_inputs: per-token prompt inputs `(batch, prompt_len, ...)` that generated tokens take from the prompt's
+            last position in the reference forward (Mllama's `cross_attention_mask`, as its generation rule does).
+        image_states: cross-attention families (layouts with ``source="cross_attention"``): `(model) -> (hook
+            module, reader)`, the test's own reading of the image states the cross-attention layers attend to,
+            `reader(args, kwargs) -> (batch, image_states, hidden)` from a forward pre-hook on the module; the
+            layout's positions index them instead of the sequence.
     """
 
     name: str
@@ -65,6 +71,10 @@ class FamilyCase:
     slow: bool = False
     notes: str = ""
     new_token_type: int = 0
+    repeat_inputs: tuple[str, ...] = ()
+    image_states: Callable[[torch.nn.Module], tuple[torch.nn.Module, Callable[[tuple, dict], torch.Tensor]]] | None = (
+        None
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -1040,3 +1050,165 @@ def llama4_case() -> FamilyCase:
 
     expected = [[g for i, ratio in enumerate(row) for g in image_grids(i, *ratio)] for row in aspect_ratios]
     return FamilyCase("llama4", build, expected)
+
+
+# ---------------------------------------------------------------------------------------------------- Mllama (cross-attention)
+def mllama_case() -> FamilyCase:
+    """Llama 3.2 Vision: 2 text layers (self-attention, then cross-attention), tiles of 8 px with 2 px patches (a
+    class token and 4 x 4 patches a tile), up to 4 tiles an image, through `MllamaProcessor` with the PIL image
+    processor. Row 0: a 16 x 8 image (2 x 1 tiles) after padding; row 1: an 8 x 8 (1 x 1) and an 8 x 16 (1 x 2)
+    image. Images of whole tiles, so the tile arrangement is (height / 8, width / 8) and each image a
+    (4 * tile rows, 4 * tile cols) grid, from the image sizes alone.
+
+    Transformers initialises the cross-attention gates to 0 (the image would not reach the text); they are set to 1
+    here, as a trained checkpoint's are non-zero.
+    """
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    sizes = [[(16, 8)], [(8, 8), (8, 16)]]
+    text = ["<|image|> what is this picture", "hello <|image|> the left one and <|image|> describe"]
+
+    def build():
+        tokenizer = make_tokenizer(["<|image|>"])
+        processor = MllamaProcessor(
+            MllamaImageProcessorPil(size={"height": 8, "width": 8}, max_image_tiles=4), tokenizer
+        )
+        pictures = [images(*row, seed=i) for i, row in enumerate(sizes)]
+        inputs = tensors(processor(images=pictures, text=text, return_tensors="pt", padding=True))
+        config = MllamaConfig(
+            text_config=dict(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                cross_attention_layers=[1],
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=1024,
+                pad_token_id=PAD,
+                bos_token_id=BOS,
+                eos_token_id=EOS,
+            ),
+            vision_config=dict(
+                image_size=8,
+                patch_size=2,
+                hidden_size=16,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_global_layers=1,
+                num_attention_heads=4,
+                intermediate_layers_indices=[0],
+                vision_output_dim=32,
+                max_num_tiles=4,
+            ),
+            image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"),
+        )
+        torch.manual_seed(0)
+        model = MllamaForConditionalGeneration(config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                    param.fill_(1.0)
+        return finish(model, "mllama", tokenizer), inputs
+
+    def image_states(model: torch.nn.Module):
+        language_model = model.model.language_model
+
+        def read(args: tuple, kwargs: dict) -> torch.Tensor:
+            states = kwargs["cross_attention_states"]  # (batch * images * tiles, 1 + 16 patches, hidden)
+            return states.reshape(kwargs["input_ids"].shape[0], -1, states.shape[-1])
+
+        return language_model, read
+
+    expected = [[(f"image {i}", (4 * (h // 8), 4 * (w // 8))) for i, (h, w) in enumerate(row)] for row in sizes]
+    return FamilyCase(
+        "mllama",
+        build,
+        expected,
+        repeat_inputs=("cross_attention_mask",),
+        image_states=image_states,
+        notes="cross-attention: image tokens are the cross-attention states",
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- IDEFICS (cross-attention)
+def idefics_case(resampler: bool = True) -> FamilyCase:
+    """IDEFICS 1: 2 decoder layers with a gated cross-attention block before each (interval 1), a vision tower on
+    8 px images with 2 px patches, through `IdeficsProcessor` with the PIL image processor (which resizes every image
+    to 8 x 8). Row 0: one image after padding; row 1: two images. With the perceiver (3 latents an image) each image
+    is one 1-D grid of its latents; without it (`idefics-patches`) one 4 x 4 grid of its patches.
+
+    Transformers initialises the cross-attention gates (``alpha_cross_attn``, ``alpha_dense``) to 0; they are set to
+    1 here, as a trained checkpoint's are non-zero.
+    """
+    from transformers import IdeficsConfig, IdeficsForVisionText2Text, IdeficsProcessor
+    from transformers.models.idefics.image_processing_pil_idefics import IdeficsImageProcessorPil
+
+    sizes = [[(16, 8)], [(8, 8), (8, 16)]]
+    latents = 3
+
+    def build():
+        tokenizer = make_tokenizer(["<image>", "<fake_token_around_image>"])
+        processor = IdeficsProcessor(IdeficsImageProcessorPil(image_size=8), tokenizer, image_size=8)
+        pictures = [images(*row, seed=i) for i, row in enumerate(sizes)]
+        prompts = [
+            ["hello", pictures[0][0], "what is this picture"],
+            [pictures[1][0], "the left one and", pictures[1][1], "describe"],
+        ]
+        inputs = tensors(processor(text=prompts, return_tensors="pt", padding=True))
+        config = IdeficsConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            cross_layer_interval=1,
+            use_resampler=resampler,
+            max_position_embeddings=1024,
+            pad_token_id=PAD,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+            vision_config=dict(
+                embed_dim=24,
+                image_size=8,
+                patch_size=2,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+            ),
+            perceiver_config=dict(
+                use_resampler=resampler,
+                resampler_n_latents=latents,
+                resampler_depth=1,
+                resampler_n_heads=2,
+                resampler_head_dim=8,
+            ),
+        )
+        torch.manual_seed(0)
+        model = IdeficsForVisionText2Text(config)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith(("alpha_cross_attn", "alpha_dense")):
+                    param.fill_(1.0)
+        return finish(model, "idefics", tokenizer), inputs
+
+    def image_states(model: torch.nn.Module):
+        block = model.model.gated_cross_attn_layers[0]
+
+        def read(args: tuple, kwargs: dict) -> torch.Tensor:
+            # the block is called as (hidden, mask, image_hidden_states, ...); vision width, through its key projection
+            return block.cross_attn.k_proj(args[2] if len(args) > 2 else kwargs["image_hidden_states"])
+
+        return block, read
+
+    grid = (latents,) if resampler else (4, 4)
+    expected = [[(f"image {i}", grid) for i in range(len(row))] for row in sizes]
+    return FamilyCase(
+        "idefics" if resampler else "idefics-patches",
+        build,
+        expected,
+        repeat_inputs=("image_attention_mask",),
+        image_states=image_states,
+        notes="cross-attention to perceiver latents" if resampler else "cross-attention to vision patches",
+    )

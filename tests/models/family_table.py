@@ -713,6 +713,11 @@ LOCALITY_UNCHECKED = {
     "aria": "1-D learned queries: every query attends to the whole image, there is no locality to check",
 }
 """Table cases the locality test marks as expected failures, with why."""
+# --- xattn (cross-attention cases are built in family_builders.py)
+LOCALITY_UNCHECKED["idefics"] = (
+    "1-D perceiver latents (IDEFICS 1): the resampler mixes the whole image into every latent, there is no locality to "
+    "check (idefics-patches, without the resampler, is checked)"
+)
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
 # --- qwenlike

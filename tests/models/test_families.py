@@ -17,6 +17,7 @@ from family_builders import (
     aya_vision_case,
     gemma3_case,
     idefics3_case,
+    idefics_case,
     internvl_case,
     llama4_case,
     llava_case,
@@ -25,6 +26,7 @@ from family_builders import (
     llava_onevision_case,
     llava_pixtral_case,
     mistral3_case,
+    mllama_case,
     paligemma_case,
     qwen_case,
     vipllava_case,
@@ -60,6 +62,9 @@ CASES: list[FamilyCase] = [
     internvl_case(),
     aya_vision_case(),
     llama4_case(),
+    mllama_case(),
+    idefics_case(),
+    idefics_case(resampler=False),
     *table_cases(),
 ]
 BY_NAME = {case.name: case for case in CASES}
@@ -107,6 +112,12 @@ def hook_state(model: torch.nn.Module) -> dict[str, tuple]:
 def reference_hidden_states(model, inputs, sequences, case: FamilyCase) -> torch.Tensor:
     """`(batch, seq, hidden)`: the last hidden states (what `lm_head` reads) of ONE separate full forward over the
     generated sequences, with the processor outputs and the positions generate() used."""
+    return reference_forward(model, inputs, sequences, case)[0]
+
+
+def reference_forward(model, inputs, sequences, case: FamilyCase) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[`reference_hidden_states`], and for cross-attention cases the image states `(batch, image_states, hidden)`
+    the same forward's cross-attention layers attended to (read by the case's own hook; else None)."""
     prompt_length = inputs["input_ids"].shape[1]
     num_new = sequences.shape[1] - prompt_length
     attention_mask = torch.cat([inputs["attention_mask"], torch.ones_like(sequences[:, prompt_length:])], dim=1)
@@ -114,35 +125,49 @@ def reference_hidden_states(model, inputs, sequences, case: FamilyCase) -> torch
     for key, value in inputs.items():
         if key in ("input_ids", "attention_mask"):
             continue
-        if isinstance(value, torch.Tensor) and value.shape[:2] == inputs["input_ids"].shape:
+        if key in case.repeat_inputs:  # generated tokens take the prompt's last row (the model's generation rule)
+            value = torch.cat([value, value[:, -1:].expand(-1, num_new, *value.shape[2:])], dim=1)
+        elif isinstance(value, torch.Tensor) and value.shape[:2] == inputs["input_ids"].shape:
             fill = case.new_token_type if key == "token_type_ids" else 0
             value = torch.cat([value, value.new_full((value.shape[0], num_new, *value.shape[2:]), fill)], dim=1)
         kwargs[key] = value
     if not case.mrope:  # the positions generate() uses for left-padded rows
         kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
     normed = []
-    handle = get_adapter(model).final_norm(model).register_forward_hook(lambda _m, _a, output: normed.append(output))
+    handles = [
+        get_adapter(model).final_norm(model).register_forward_hook(lambda _m, _a, output: normed.append(output))
+    ]
+    recorded = {}
+    if case.image_states is not None:
+        module, read = case.image_states(model)
+        handles.append(
+            module.register_forward_pre_hook(
+                lambda _, args, kwargs: recorded.update(states=read(args, kwargs)), with_kwargs=True
+            )
+        )
     try:
         with torch.no_grad():
             out = model(input_ids=sequences, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     last = out.hidden_states[-1]
     if last.dim() != 3:  # Gemma 3n records its AltUp stack (altup, batch, seq, hidden); lm_head reads the final norm
         last = normed[-1]
-    return last
+    return last, recorded.get("states")
 
 
 def reference_relevancy(model, head, inputs, sequences, layouts, case: FamilyCase) -> list[torch.Tensor]:
     """Per row `(new_tokens, image_tokens)`: the head on the last hidden states of the separate forward."""
-    last = reference_hidden_states(model, inputs, sequences, case)
+    last, cross_states = reference_forward(model, inputs, sequences, case)
     prompt_length = inputs["input_ids"].shape[1]
     num_new = sequences.shape[1] - prompt_length
     maps = []
     with torch.no_grad():
         for row, layout in enumerate(layouts):
             token_states = last[row, prompt_length - 1 : prompt_length - 1 + num_new]
-            image_states = last[row, layout.image_positions]
+            # cross-attention layouts index the image states the cross-attention layers attended to
+            image_states = (cross_states if layout.cross_attention else last)[row, layout.image_positions]
             maps.append(head(token_states.unsqueeze(0), image_states.unsqueeze(0))[0])
     return maps
 
@@ -170,7 +195,11 @@ def test_layout_matches_the_processor(name):
     assert got == case.expected_grids
     allowed = torch.tensor(sorted(image_token_ids(model.config)))
     for row, layout in enumerate(layouts):
-        assert bool(torch.isin(inputs["input_ids"][row, layout.image_positions], allowed).all())
+        assert layout.cross_attention == (case.image_states is not None)
+        if layout.cross_attention:  # positions index the cross-attention states: checked against them in generation
+            assert layout.image_positions.unique().numel() == layout.num_image_tokens
+        else:
+            assert bool(torch.isin(inputs["input_ids"][row, layout.image_positions], allowed).all())
         cells = torch.cat([grid.flatten() for grid in layout.image_grids])
         cells = cells[cells >= 0]
         assert cells.unique().numel() == cells.numel(), "a token sits in two grid cells"
@@ -255,13 +284,12 @@ def test_teacher_runs_on_the_same_grids_and_tokens(name):
     torch.testing.assert_close(blocked, one_block, rtol=1e-5, atol=1e-6, equal_nan=True)
     torch.testing.assert_close(result.relevancy, one_block, rtol=1e-5, atol=1e-6, equal_nan=True)
 
-    last = reference_hidden_states(model, inputs, out.sequences, case)
+    last, cross_states = reference_forward(model, inputs, out.sequences, case)
     prompt_length = inputs["input_ids"].shape[1]
     for row, layout in enumerate(out.image_layouts):
         n = layout.num_image_tokens
-        torch.testing.assert_close(
-            output.image_hidden_states[row, :n], last[row, layout.image_positions], rtol=1e-4, atol=1e-4
-        )
+        image_states = (cross_states if layout.cross_attention else last)[row, layout.image_positions]
+        torch.testing.assert_close(output.image_hidden_states[row, :n], image_states, rtol=1e-4, atol=1e-4)
         tokens = result.token_mask[row]
         chosen = last[row, prompt_length - 1 : prompt_length - 1 + tokens.numel()]
         torch.testing.assert_close(output.token_hidden_states[row, tokens], chosen[tokens], rtol=1e-4, atol=1e-4)

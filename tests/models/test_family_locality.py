@@ -16,7 +16,7 @@ import functools
 import pytest
 import torch
 from family_table import LOCALITY_SLOW, LOCALITY_UNCHECKED, ROW_MAJOR_PATCHES
-from test_families import CASES, built, params
+from test_families import BY_NAME, CASES, built, params
 
 from hf_fastrm.architectures import get_adapter
 
@@ -99,11 +99,15 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
         if k in inputs
     }
     captured = {}
+    # the image tokens' inputs: the decoder's input embeddings, or a cross-attention family's image states
+    module, read = (language_model, lambda args, kwargs: kwargs.get("inputs_embeds"))
+    if BY_NAME[name].image_states is not None:
+        module, read = BY_NAME[name].image_states(model)
 
     def capture(module, args, kwargs):
-        captured["embeds"] = kwargs.get("inputs_embeds")
+        captured["embeds"] = read(args, kwargs)
 
-    handle = language_model.register_forward_pre_hook(capture, with_kwargs=True)
+    handle = module.register_forward_pre_hook(capture, with_kwargs=True)
     try:
         # Llama 4's forward raises after the decoder in this transformers: the embeddings are captured by then
         with (

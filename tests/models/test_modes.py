@@ -154,7 +154,12 @@ def check_result(name: str, mode: str, model, inputs: dict, head, sequences: tor
     placeholders = torch.tensor(sorted(image_token_ids(model.config)))
     for row in range(rows):
         count = int(torch.isin(sequences[row, :prompt_length], placeholders).sum())
-        assert int(result.image_token_mask[row].sum()) == count == result.image_layouts[row].num_image_tokens
+        layout = result.image_layouts[row]
+        assert int(result.image_token_mask[row].sum()) == layout.num_image_tokens
+        if layout.cross_attention:  # image states are no positions of the sequence: one grid per image of the prompt
+            assert len(layout.image_grids) == len(case.expected_grids[row // returned])
+        else:
+            assert layout.num_image_tokens == count
 
     valid = result.token_mask.unsqueeze(-1) & result.image_token_mask.unsqueeze(1)
     values = result.relevancy[valid]

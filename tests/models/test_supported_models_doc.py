@@ -49,12 +49,12 @@ def test_every_case_builds_its_named_model_type():
 
 def test_unsupported_family_lists_supported_ones_and_how_to_register():
     class Config:
-        model_type = "mllama"
+        model_type = "blip"
 
     with pytest.raises(ValueError) as error:
         get_adapter(Config())
     message = str(error.value)
-    assert "'mllama' is not supported" in message
+    assert "'blip' is not supported" in message
     for model_type in supported_model_types():
         assert model_type in message
     assert "ArchitectureAdapter" in message and "register_architecture" in message
