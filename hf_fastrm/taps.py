@@ -135,6 +135,8 @@ class HiddenStateTap:
             for name in self._ENCODER_METHODS:
                 self._wrap(owner, name, functools.partial(self._recording, needed=self._encoder_inputs(name)))
         self._wrap(self.model, self._EXPAND_METHOD, self._recording_expansion)
+        for name, make_wrapper in self.adapter.method_wrappers(self.model).items():
+            self._wrap(self.model, name, make_wrapper)
 
     def _wrap(self, owner: nn.Module, name: str, make_wrapper: Callable[[Callable], Callable]) -> None:
         original = getattr(owner, name, None)

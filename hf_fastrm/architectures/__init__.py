@@ -8,6 +8,7 @@ from .generic import PlaceholderAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
+from .janus import JanusAdapter
 from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
@@ -24,6 +25,7 @@ from .registry import (
     unregister_architecture,
 )
 from .vipllava import VipLlavaAdapter
+from .vq import ChameleonAdapter, Emu3Adapter
 
 register_architecture(LlavaAdapter)
 for _adapter in (
@@ -43,15 +45,21 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
+# --- vq
+for _instance in (JanusAdapter(), ChameleonAdapter(), Emu3Adapter()):
+    register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
     "AyaVisionAdapter",
+    "ChameleonAdapter",
+    "Emu3Adapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
     "InternVLAdapter",
+    "JanusAdapter",
     "Llama4Adapter",
     "LlavaAdapter",
     "LlavaNextAdapter",

@@ -110,8 +110,6 @@ NOT_DONE: dict[str, str] = {
     "kosmos-2.5": "as Kosmos-2, plus flattened patches",
     "git": "image features prepended to the text embeddings without placeholder tokens (not written)",
     "idefics": "cross-attention to perceiver latents (IDEFICS 1)",
-    "chameleon": "images are VQ codes: the image tokens are ordinary vocabulary ids in the prompt (not written)",
-    "emu3": "images are VQ codes, as Chameleon",
     "evolla": "protein-text model: no images",
     "pi0": "robot policy (PaliGemma backbone + action expert), not a text generator",
     "mistral4": "text-only causal LM class in this mapping",
@@ -127,8 +125,6 @@ NOT_DONE: dict[str, str] = {
     "gemma3n": "untested: the generic adapter applies; the tiny model needs `timm` (MobileNet v5 tower), not installed "
     "here",
     "inkling_mm_model": "untested: the generic adapter applies; the model needs `scipy`, not installed here",
-    "janus": "`JanusForConditionalGeneration.generate()` drops `logits_processor` in text mode (transformers 5.24), "
-    "so FastRM's processor never runs; the layout itself is the generic one (square SigLIP grid)",
     "diffusion_gemma": "block diffusion (`DiffusionGemmaForBlockDiffusion`), not autoregressive `generate()`",
     "gemma4_unified": "untested: the Gemma 4 adapter's layout should apply; the table's tiny config does not build "
     "yet (its patch embedder's width differs from Gemma 4's)",

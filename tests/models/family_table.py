@@ -339,6 +339,67 @@ def table_case(entry: TableEntry) -> FamilyCase:
     return case
 
 
+# --- vq: helpers
+VQ_CODES = 16
+"""Codebook entries of the tiny VQ-VAEs; their vocabulary ids are FIRST_SPECIAL + 10 + code (suppressed)."""
+
+
+def vq_vocabulary(code_name: Callable[[int], str], extra: dict[str, int] | None = None) -> dict[str, int]:
+    """A VQ family's `vocabulary_map` (name -> id): ``<image>`` at FIRST_SPECIAL (the placeholder the shrunk config
+    keeps), `extra` names, and each code `i` under `code_name(i)` at FIRST_SPECIAL + 10 + i."""
+    vocabulary = {"<image>": FIRST_SPECIAL, **(extra or {})}
+    vocabulary |= {code_name(code): FIRST_SPECIAL + 10 + code for code in range(VQ_CODES)}
+    return vocabulary
+
+
+def chameleon_code(code: int) -> str:
+    """Chameleon's spelling of VQ code `code`: ``IMGIMG`` + its digits as letters (0 -> A) + ``Z``."""
+    return "IMGIMG" + "".join(chr(ord("A") + int(digit)) for digit in str(code)) + "Z"
+
+
+def vq_images(sizes: list[tuple[int, int]], factor: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """`(images, 3, H, W)` random pixels padded to the largest size (as Emu3's image processor pads), and each
+    image's VQ latent grid `(height / factor, width / factor)`."""
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    pixel_values = torch.zeros(len(sizes), 3, height, width)
+    generator = torch.Generator().manual_seed(0)
+    for index, (h, w) in enumerate(sizes):
+        pixel_values[index, :, :h, :w] = torch.randn(3, h, w, generator=generator)
+    return pixel_values, [(h // factor, w // factor) for h, w in sizes]
+
+
+def chameleon_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Three square 8x8 images (Chameleon's processor crops square); the VQ-VAE's 2 levels halve them: 4x4 codes."""
+    pixel_values, shapes = vq_images([(8, 8)] * 3, 2 ** (len(config.vq_config.channel_multiplier) - 1))
+    return {"pixel_values": pixel_values}, shapes
+
+
+def emu3_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Images of 16x16, 16x24 and 24x16 pixels padded to 24x24 with their `image_sizes`; f = 4: 4x4, 4x6, 6x4 codes."""
+    sizes = [(16, 16), (16, 24), (24, 16)]
+    pixel_values, shapes = vq_images(sizes, 2 ** (len(config.vq_config.channel_multiplier) - 1))
+    return {"pixel_values": pixel_values, "image_sizes": torch.tensor(sizes)}, shapes
+
+
+CHAMELEON_VQ = {
+    "embed_dim": 32,
+    "num_embeddings": VQ_CODES,
+    "latent_channels": 32,
+    "base_channels": 32,
+    "channel_multiplier": [1, 2],
+    "resolution": 8,
+    "attn_resolutions": [],
+}
+EMU3_VQ = {
+    "codebook_size": VQ_CODES,
+    "temporal_downsample_factor": 1,
+    "base_channels": 32,
+    "hidden_size": 32,
+    "channel_multiplier": [1, 2, 1],
+    "attn_resolutions": [],
+}
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 def gemma4_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     """Gemma 4's own image processor (patch 4, pooling 2) on 16x24, 24x16 and 16x16 images, without its resize (at
@@ -503,6 +564,25 @@ TABLE: list[TableEntry] = [
         teacher_issue="hybrid decoder: Gated DeltaNet layers have no softmax attention for the teacher to record",
         notes="Qwen3.5 MoE: hybrid linear/full-attention decoder, 4 experts",
     ),
+    # --- vq
+    TableEntry("janus", notes="SigLIP tower, square images; text-mode generate() routed to keep logits_processor"),
+    TableEntry(
+        "chameleon",
+        config_kwargs={"vocabulary_map": vq_vocabulary(chameleon_code), "vq_config": CHAMELEON_VQ},
+        pixels=chameleon_pixels,
+        notes="VQ-VAE codes written over `<image>` placeholders; 4x4 latent grid",
+    ),
+    TableEntry(
+        "emu3",
+        config_kwargs={
+            "vocabulary_map": vq_vocabulary(
+                lambda code: f"<|visual token{code:06d}|>", {"<|extra_200|>": FIRST_SPECIAL + 1}
+            ),
+            "vq_config": EMU3_VQ,
+        },
+        pixels=emu3_pixels,
+        notes="VQ-VAE codes and an end-of-line token a row over `<image>` placeholders; image_sizes",
+    ),
 ]
 
 
@@ -526,6 +606,12 @@ LOCALITY_UNCHECKED = {
     "aria": "1-D learned queries: every query attends to the whole image, there is no locality to check",
 }
 """Table cases the locality test marks as expected failures, with why."""
+# --- vq: locality
+LOCALITY_UNCHECKED |= {
+    name: "VQ codes: the pixels are quantized by an argmin over the codebook, so no gradient reaches them and the "
+    "probe has nothing to measure (the grid is the VQ latent grid by construction of the encoder)"
+    for name in ("chameleon", "emu3")
+}
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
 
