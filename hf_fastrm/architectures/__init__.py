@@ -2,6 +2,7 @@
 
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
+from .fuyu import FuyuAdapter
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
@@ -46,7 +47,7 @@ for _adapter in (
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
 # --- vq
-for _instance in (JanusAdapter(), ChameleonAdapter(), Emu3Adapter()):
+for _instance in (JanusAdapter(), ChameleonAdapter(), Emu3Adapter(), FuyuAdapter()):
     register_architecture(_instance)
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "AyaVisionAdapter",
     "ChameleonAdapter",
     "Emu3Adapter",
+    "FuyuAdapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
     "HunYuanVLAdapter",

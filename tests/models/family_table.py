@@ -103,6 +103,9 @@ class TableEntry:
         teacher_issue: why the teacher fails on this family (the test is then an xfail).
         slow: keep the case out of the default run.
         notes: one line for docs/supported-models.md.
+        image_tokens: `(config, image_id, grid shape) -> token ids` of one image in the prompt, for families whose
+            processor writes more than a run of placeholders (Fuyu: a newline token after each row); needs
+            ``pixels`` as a callable (the grid shapes come from it).
     """
 
     model_type: str
@@ -120,6 +123,7 @@ class TableEntry:
     slow: bool = False
     notes: str = ""
     variant: str = ""
+    image_tokens: Callable[[Any, int, tuple[int, ...]], list[int]] | None = None
 
     @property
     def name(self) -> str:
@@ -233,9 +237,9 @@ def pixel_inputs(entry: TableEntry, config: Any) -> tuple[dict[str, torch.Tensor
 
 def pixel_kind(entry: TableEntry, config: Any) -> str:
     """``"thw"`` for Qwen-style towers (flattened patches and `image_grid_thw`), else the entry's kind."""
-    vision = config.vision_config
     if callable(entry.pixels):
         return "processor"
+    vision = config.vision_config
     qwen_style = getattr(vision, "temporal_patch_size", None) or getattr(vision, "spatial_merge_size", None)
     if entry.pixels == "square" and getattr(vision, "image_size", None) is None and qwen_style:
         return "thw"
@@ -268,9 +272,13 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         counts = _features_per_image(base.get_image_features(**pixels), num_images)
     image_id = config_id(config, ("image_token_id", "image_token_index"))
     words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
+    if entry.image_tokens is not None:  # the family's own token pattern per image (placeholders and separators)
+        runs = [entry.image_tokens(config, image_id, processor_shapes[i]) for i in range(3)]
+    else:
+        runs = [[image_id] * counts[i] for i in range(3)]
     rows = [
-        [BOS, *words[:2], *[image_id] * counts[0], *words[2:5]],
-        [BOS, *[image_id] * counts[1], *words[5:7], *[image_id] * counts[2], *words[7:8]],
+        [BOS, *words[:2], *runs[0], *words[2:5]],
+        [BOS, *runs[1], *words[5:7], *runs[2], *words[7:8]],
     ]
     inputs = left_pad(rows) | pixels
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:  # 1 on image tokens, as processors write
@@ -398,6 +406,27 @@ EMU3_VQ = {
     "channel_multiplier": [1, 2, 1],
     "attn_resolutions": [],
 }
+
+
+FUYU_NEWLINE = FIRST_SPECIAL + 5
+"""The tiny Fuyu's ``|NEWLINE|`` id (not in its config; suppressed like every special id)."""
+FUYU_PATCH = 4
+
+
+def fuyu_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Images of 2x2, 2x3 and 3x2 patches (4 px) as Fuyu's processor gives them: every image's patches row-major,
+    flattened, all images concatenated: `(total_patches, 4 * 4 * 3)`."""
+    shapes = [(2, 2), (2, 3), (3, 2)]
+    generator = torch.Generator().manual_seed(0)
+    width = FUYU_PATCH * FUYU_PATCH * config.num_channels
+    patches = [torch.randn(h * w, width, generator=generator) for h, w in shapes]
+    return {"pixel_values": torch.cat(patches)}, shapes
+
+
+def fuyu_image_tokens(config: Any, image_id: int, shape: tuple[int, ...]) -> list[int]:
+    """One image as Fuyu's processor writes it: each row of placeholders followed by the newline token."""
+    rows, cols = shape
+    return [*([image_id] * cols + [FUYU_NEWLINE]) * rows]
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -583,6 +612,13 @@ TABLE: list[TableEntry] = [
         pixels=emu3_pixels,
         notes="VQ-VAE codes and an end-of-line token a row over `<image>` placeholders; image_sizes",
     ),
+    TableEntry(
+        "fuyu",
+        overrides={"patch_size": FUYU_PATCH},
+        pixels=fuyu_pixels,
+        image_tokens=fuyu_image_tokens,
+        notes="patches embedded by a linear layer; a newline token after each row of placeholders",
+    ),
 ]
 
 
@@ -611,6 +647,9 @@ LOCALITY_UNCHECKED |= {
     name: "VQ codes: the pixels are quantized by an argmin over the codebook, so no gradient reaches them and the "
     "probe has nothing to measure (the grid is the VQ latent grid by construction of the encoder)"
     for name in ("chameleon", "emu3")
+} | {
+    "fuyu": "the probe's pixel decoder does not know Fuyu's concatenated, flattened patch lists "
+    "`(total_patches, patch * patch * channels)`"
 }
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
