@@ -14,6 +14,7 @@ from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .minicpm import MiniCPMVAdapter
 from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
@@ -47,7 +48,7 @@ for _adapter in (
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
 # --- vq
-for _instance in (JanusAdapter(), ChameleonAdapter(), Emu3Adapter(), FuyuAdapter()):
+for _instance in (JanusAdapter(), ChameleonAdapter(), Emu3Adapter(), FuyuAdapter(), MiniCPMVAdapter()):
     register_architecture(_instance)
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "LlavaNextAdapter",
     "LlavaNextVideoAdapter",
     "LlavaOnevisionAdapter",
+    "MiniCPMVAdapter",
     "Mistral3Adapter",
     "PaliGemmaAdapter",
     "PlaceholderAdapter",

@@ -119,9 +119,6 @@ NOT_DONE: dict[str, str] = {
     "pi0": "robot policy (PaliGemma backbone + action expert), not a text generator",
     "mistral4": "text-only causal LM class in this mapping",
     "nemotron_h_omni": "no placeholder id in its config; hybrid Mamba decoder",
-    "minicpm_ocr": "no placeholder id in its config (image bounds passed separately)",
-    "minicpmv4_6": "no placeholder id in its config (image bounds passed separately)",
-    "minicpmv4_7": "no placeholder id in its config (image bounds passed separately)",
     "glm5_next": "generic adapter applies to its layout; the tiny model's indexed (sparse) attention layers need "
     "MLA sizes the table does not set yet, and its attention bypasses AttentionInterface (no teacher)",
     "perception_lm": "untested: the generic adapter applies; the tiny model needs `timm` (TimmWrapper tower), not "

@@ -429,6 +429,26 @@ def fuyu_image_tokens(config: Any, image_id: int, shape: tuple[int, ...]) -> lis
     return [*([image_id] * cols + [FUYU_NEWLINE]) * rows]
 
 
+MINICPM_PATCHES = [(8, 8), (8, 12), (12, 8)]
+
+
+def minicpm_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """NaViT-packed patches as MiniCPM-V's image processor gives them: every picture's patches row-major in one strip
+    `(1, channels, patch, total_patches * patch)`, with `target_sizes` (patch rows, columns) of 8x8, 8x12, 12x8; the
+    window merger halves (not in "4x" mode) and the 2x2 merger halves again: 2x2, 2x3, 3x2 (4x4, 4x6, 6x4 in "4x")."""
+    patch = config.vision_config.patch_size
+    total = sum(h * w for h, w in MINICPM_PATCHES)
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(1, config.vision_config.num_channels, patch, total * patch, generator=generator)
+    window = 1 if config.downsample_mode == "4x" else 2  # MiniCPM-OCR defaults to "4x": no window merger
+    merge_h, merge_w = config.merge_kernel_size
+    shapes = [(h // window // merge_h, w // window // merge_w) for h, w in MINICPM_PATCHES]
+    return {"pixel_values": pixel_values, "target_sizes": torch.tensor(MINICPM_PATCHES)}, shapes
+
+
+MINICPM = {"image_token_id": 240, "vision_config.patch_size": 2, "vision_config.image_size": 32}
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 def gemma4_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     """Gemma 4's own image processor (patch 4, pooling 2) on 16x24, 24x16 and 16x16 images, without its resize (at
@@ -619,6 +639,18 @@ TABLE: list[TableEntry] = [
         image_tokens=fuyu_image_tokens,
         notes="patches embedded by a linear layer; a newline token after each row of placeholders",
     ),
+    *[
+        TableEntry(
+            model_type,
+            config_kwargs={"insert_layer_id": 0},
+            overrides=MINICPM,
+            pixels=minicpm_pixels,
+            mrope=model_type == "minicpmv4_7",
+            teacher_issue=HYBRID,
+            notes="NaViT-packed patches, window merger after layer 0, 2x2 merger",
+        )
+        for model_type in ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
+    ],
 ]
 
 
@@ -643,14 +675,21 @@ LOCALITY_UNCHECKED = {
 }
 """Table cases the locality test marks as expected failures, with why."""
 # --- vq: locality
-LOCALITY_UNCHECKED |= {
-    name: "VQ codes: the pixels are quantized by an argmin over the codebook, so no gradient reaches them and the "
-    "probe has nothing to measure (the grid is the VQ latent grid by construction of the encoder)"
-    for name in ("chameleon", "emu3")
-} | {
-    "fuyu": "the probe's pixel decoder does not know Fuyu's concatenated, flattened patch lists "
-    "`(total_patches, patch * patch * channels)`"
-}
+LOCALITY_UNCHECKED |= (
+    {
+        name: "VQ codes: the pixels are quantized by an argmin over the codebook, so no gradient reaches them and the "
+        "probe has nothing to measure (the grid is the VQ latent grid by construction of the encoder)"
+        for name in ("chameleon", "emu3")
+    }
+    | {
+        "fuyu": "the probe's pixel decoder does not know Fuyu's concatenated, flattened patch lists "
+        "`(total_patches, patch * patch * channels)`"
+    }
+    | {
+        name: "the probe's pixel decoder does not know NaViT-packed patch strips `(1, channels, patch, patches * patch)`"
+        for name in ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
+    }
+)
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
 
