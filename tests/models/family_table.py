@@ -686,8 +686,8 @@ LOCALITY_UNCHECKED |= (
         "`(total_patches, patch * patch * channels)`"
     }
     | {
-        name: "the probe's pixel decoder does not know NaViT-packed patch strips `(1, channels, patch, patches * patch)` "
-    "and its silencing zeroes the whole window-attention merger; tests/models/test_minicpm_locality.py checks them"
+        name: "the probe's pixel decoder does not know NaViT-packed patch strips and its silencing zeroes the whole "
+        "window-attention merger; tests/models/test_minicpm_locality.py checks these grids instead"
         for name in ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
     }
 )
