@@ -156,6 +156,8 @@ class HiddenStateTap:
         self._wrap(self.model, self._EXPAND_METHOD, self._recording_expansion)
         if self.adapter.is_encoder_decoder:
             self._wrap(self.model, self._ENCODE_PROMPT_METHOD, self._recording_encoder_prompt)
+        for name, make_wrapper in self.adapter.method_wrappers(self.model).items():
+            self._wrap(self.model, name, make_wrapper)
 
     def _recording_encoder_prompt(self, original: Callable) -> Callable:
         """Wraps `generate()`'s encoder step of an encoder-decoder model to record the prompt it encodes (its main
@@ -270,6 +272,9 @@ class HiddenStateTap:
         # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
         encoder_kwargs, self._encoder_kwargs = self._encoder_kwargs, {}
         expand_size, self._expand_size = self._expand_size, None
+        # a None the forward was handed means "not passed" (MiniCPM-V's prepare_inputs_for_generation hands on
+        # `pixel_values=None` after generate() encoded and dropped them): it must not hide what the encoder got
+        kwargs = {key: value for key, value in kwargs.items() if value is not None}
         self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
         layouts = self._layouts(input_ids, kwargs, encoder_kwargs, expand_size)
         expanded = expand_size is not None and expand_size > 1 and _is_expansion(input_ids, expand_size)

@@ -3,6 +3,7 @@
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
 from .encoder_decoder import ENCODER_DECODER_FAMILIES, EncoderDecoderAdapter, Florence2Adapter, T5Gemma2Adapter
+from .fuyu import FuyuAdapter
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
@@ -11,10 +12,12 @@ from .hy_v4_vl import HYV4VLAdapter
 from .idefics import IdeficsAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
+from .janus import JanusAdapter
 from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .minicpm import MiniCPMVAdapter
 from .mistral3 import Mistral3Adapter
 from .mllama import MllamaAdapter
 from .nemotron_h_omni import NemotronHOmniAdapter
@@ -31,6 +34,7 @@ from .registry import (
 )
 from .timm_towers import TIMM_FAMILIES
 from .vipllava import VipLlavaAdapter
+from .vq import ChameleonAdapter, Emu3Adapter
 
 register_architecture(LlavaAdapter)
 for _adapter in (
@@ -57,12 +61,18 @@ for _instance in (HYV4VLAdapter(), Qwen4ExpAdapter()):
     register_architecture(_instance)
 for _instance in (*TIMM_FAMILIES, NemotronHOmniAdapter()):
     register_architecture(_instance)
+# --- vq
+for _instance in (JanusAdapter(), ChameleonAdapter(), Emu3Adapter(), FuyuAdapter(), MiniCPMVAdapter()):
+    register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
     "AyaVisionAdapter",
+    "ChameleonAdapter",
+    "Emu3Adapter",
     "EncoderDecoderAdapter",
     "Florence2Adapter",
+    "FuyuAdapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
     "HYV4VLAdapter",
@@ -70,11 +80,13 @@ __all__ = [
     "Idefics3Adapter",
     "IdeficsAdapter",
     "InternVLAdapter",
+    "JanusAdapter",
     "Llama4Adapter",
     "LlavaAdapter",
     "LlavaNextAdapter",
     "LlavaNextVideoAdapter",
     "LlavaOnevisionAdapter",
+    "MiniCPMVAdapter",
     "Mistral3Adapter",
     "MllamaAdapter",
     "PaliGemmaAdapter",

@@ -204,6 +204,12 @@ class ArchitectureAdapter:
         takes on generated tokens, when the model has no generation rule of its own: 0, text."""
         return value.new_zeros(*value.shape[:-1], new_tokens)
 
+    def method_wrappers(self, model: nn.Module) -> dict[str, Callable[[Callable], Callable]]:
+        """Methods of `model` the FastRM tap wraps while it is attached (instance attributes, restored when it
+        detaches): name -> a function taking the bound method and returning its wrapper. For families whose own
+        methods keep FastRM from running (Janus' text-mode `generate()` drops `logits_processor`); none by default."""
+        return {}
+
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
         """Per batch row, the image tokens' positions and each image's patch grid.
 

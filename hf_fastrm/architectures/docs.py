@@ -74,6 +74,11 @@ MODE_EXCEPTIONS = {
     "own `_expand_multimodal_outputs` (transformers 5.24) gives the expanded copies of a row with two images the "
     "images in the wrong order (each image repeated per copy instead of each row's images per copy), so its logits "
     "differ from a forward with the right images; FastRM's maps follow what the model read",
+    # --- vq
+    "fuyu": "greedy, sampling, streamer; not beam search or num_return_sequences: plain generate() fails whenever it "
+    "expands the rows in transformers 5.24 (`FuyuModel.get_image_features` returns no `pooler_output`, so "
+    "`_expand_multimodal_outputs` does not repeat the image features with the rows: 'Image features and image tokens "
+    "do not match')",
 }
 
 FOOTER = """
@@ -132,17 +137,10 @@ NOT_DONE: dict[str, str] = {
     "kosmos-2": "images written through `image_embeds_position_mask`, no placeholder id in the config (not written)",
     "kosmos-2.5": "as Kosmos-2, plus flattened patches",
     "git": "image features prepended to the text embeddings without placeholder tokens (not written)",
-    "chameleon": "images are VQ codes: the image tokens are ordinary vocabulary ids in the prompt (not written)",
-    "emu3": "images are VQ codes, as Chameleon",
     "evolla": "protein-text model: no images",
     "pi0": "robot policy (PaliGemma backbone + action expert), not a text generator",
     "mistral4": "text-only causal LM class in this mapping",
-    "minicpm_ocr": "no placeholder id in its config (image bounds passed separately)",
-    "minicpmv4_6": "no placeholder id in its config (image bounds passed separately)",
-    "minicpmv4_7": "no placeholder id in its config (image bounds passed separately)",
     "inkling_mm_model": "untested: the generic adapter applies; the model needs `scipy`, not installed here",
-    "janus": "`JanusForConditionalGeneration.generate()` drops `logits_processor` in text mode (transformers 5.24), "
-    "so FastRM's processor never runs; the layout itself is the generic one (square SigLIP grid)",
     "diffusion_gemma": "block diffusion (`DiffusionGemmaForBlockDiffusion`), not autoregressive `generate()`",
     "gemma4_unified": "untested: the Gemma 4 adapter's layout should apply; the table's tiny config does not build "
     "yet (its patch embedder's width differs from Gemma 4's)",
@@ -156,8 +154,6 @@ NOT_DONE: dict[str, str] = {
     "unlimited_ocr": "untested: as deepseek_ocr2",
     "molmo2": "untested: the generic adapter applies to its positions; its forward needs `image_token_pooling` and "
     "`image_grids` from its processor, which the table does not build",
-    "fuyu": "untested: image patches are embedded directly (no vision tower config); placeholder and newline tokens "
-    "need a family adapter",
 }
 
 

@@ -106,6 +106,9 @@ class TableEntry:
         teacher_issue: why the teacher fails on this family (the test is then an xfail).
         slow: keep the case out of the default run.
         notes: one line for docs/supported-models.md.
+        image_tokens: `(config, image_id, grid shape) -> token ids` of one image in the prompt, for families whose
+            processor writes more than a run of placeholders (Fuyu: a newline token after each row); needs
+            ``pixels`` as a callable (the grid shapes come from it).
     """
 
     model_type: str
@@ -124,6 +127,7 @@ class TableEntry:
     slow: bool = False
     notes: str = ""
     variant: str = ""
+    image_tokens: Callable[[Any, int, tuple[int, ...]], list[int]] | None = None
 
     @property
     def name(self) -> str:
@@ -237,9 +241,9 @@ def pixel_inputs(entry: TableEntry, config: Any) -> tuple[dict[str, torch.Tensor
 
 def pixel_kind(entry: TableEntry, config: Any) -> str:
     """``"thw"`` for Qwen-style towers (flattened patches and `image_grid_thw`), else the entry's kind."""
-    vision = config.vision_config
     if callable(entry.pixels):
         return "processor"
+    vision = config.vision_config
     qwen_style = getattr(vision, "temporal_patch_size", None) or getattr(vision, "spatial_merge_size", None)
     if entry.pixels == "square" and getattr(vision, "image_size", None) is None and qwen_style:
         return "thw"
@@ -275,9 +279,13 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         counts = _features_per_image(base.get_image_features(**pixels), num_images)
     image_id = config_id(config, ("image_token_id", "image_token_index"))
     words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
+    if entry.image_tokens is not None:  # the family's own token pattern per image (placeholders and separators)
+        runs = [entry.image_tokens(config, image_id, processor_shapes[i]) for i in range(3)]
+    else:
+        runs = [[image_id] * counts[i] for i in range(3)]
     rows = [
-        [BOS, *words[:2], *[image_id] * counts[0], *words[2:5]],
-        [BOS, *[image_id] * counts[1], *words[5:7], *[image_id] * counts[2], *words[7:8]],
+        [BOS, *words[:2], *runs[0], *words[2:5]],
+        [BOS, *runs[1], *words[5:7], *runs[2], *words[7:8]],
     ]
     inputs = left_pad(rows) | pixels
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:  # 1 on image tokens, as processors write
@@ -470,6 +478,106 @@ NEMOTRON_OMNI = {
     "text_config.num_hidden_layers": 3,
 }
 """A decoder of one layer of each kind with an attention layer (a cache of Mamba layers only has no length)."""
+# --- vq: helpers
+VQ_CODES = 16
+"""Codebook entries of the tiny VQ-VAEs; their vocabulary ids are FIRST_SPECIAL + 10 + code (suppressed)."""
+
+
+def vq_vocabulary(code_name: Callable[[int], str], extra: dict[str, int] | None = None) -> dict[str, int]:
+    """A VQ family's `vocabulary_map` (name -> id): ``<image>`` at FIRST_SPECIAL (the placeholder the shrunk config
+    keeps), `extra` names, and each code `i` under `code_name(i)` at FIRST_SPECIAL + 10 + i."""
+    vocabulary = {"<image>": FIRST_SPECIAL, **(extra or {})}
+    vocabulary |= {code_name(code): FIRST_SPECIAL + 10 + code for code in range(VQ_CODES)}
+    return vocabulary
+
+
+def chameleon_code(code: int) -> str:
+    """Chameleon's spelling of VQ code `code`: ``IMGIMG`` + its digits as letters (0 -> A) + ``Z``."""
+    return "IMGIMG" + "".join(chr(ord("A") + int(digit)) for digit in str(code)) + "Z"
+
+
+def vq_images(sizes: list[tuple[int, int]], factor: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """`(images, 3, H, W)` random pixels padded to the largest size (as Emu3's image processor pads), and each
+    image's VQ latent grid `(height / factor, width / factor)`."""
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    pixel_values = torch.zeros(len(sizes), 3, height, width)
+    generator = torch.Generator().manual_seed(0)
+    for index, (h, w) in enumerate(sizes):
+        pixel_values[index, :, :h, :w] = torch.randn(3, h, w, generator=generator)
+    return pixel_values, [(h // factor, w // factor) for h, w in sizes]
+
+
+def chameleon_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Three square 8x8 images (Chameleon's processor crops square); the VQ-VAE's 2 levels halve them: 4x4 codes."""
+    pixel_values, shapes = vq_images([(8, 8)] * 3, 2 ** (len(config.vq_config.channel_multiplier) - 1))
+    return {"pixel_values": pixel_values}, shapes
+
+
+def emu3_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Images of 16x16, 16x24 and 24x16 pixels padded to 24x24 with their `image_sizes`; f = 4: 4x4, 4x6, 6x4 codes."""
+    sizes = [(16, 16), (16, 24), (24, 16)]
+    pixel_values, shapes = vq_images(sizes, 2 ** (len(config.vq_config.channel_multiplier) - 1))
+    return {"pixel_values": pixel_values, "image_sizes": torch.tensor(sizes)}, shapes
+
+
+CHAMELEON_VQ = {
+    "embed_dim": 32,
+    "num_embeddings": VQ_CODES,
+    "latent_channels": 32,
+    "base_channels": 32,
+    "channel_multiplier": [1, 2],
+    "resolution": 8,
+    "attn_resolutions": [],
+}
+EMU3_VQ = {
+    "codebook_size": VQ_CODES,
+    "temporal_downsample_factor": 1,
+    "base_channels": 32,
+    "hidden_size": 32,
+    "channel_multiplier": [1, 2, 1],
+    "attn_resolutions": [],
+}
+
+
+FUYU_NEWLINE = FIRST_SPECIAL + 5
+"""The tiny Fuyu's ``|NEWLINE|`` id (not in its config; suppressed like every special id)."""
+FUYU_PATCH = 4
+
+
+def fuyu_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Images of 2x2, 2x3 and 3x2 patches (4 px) as Fuyu's processor gives them: every image's patches row-major,
+    flattened, all images concatenated: `(total_patches, 4 * 4 * 3)`."""
+    shapes = [(2, 2), (2, 3), (3, 2)]
+    generator = torch.Generator().manual_seed(0)
+    width = FUYU_PATCH * FUYU_PATCH * config.num_channels
+    patches = [torch.randn(h * w, width, generator=generator) for h, w in shapes]
+    return {"pixel_values": torch.cat(patches)}, shapes
+
+
+def fuyu_image_tokens(config: Any, image_id: int, shape: tuple[int, ...]) -> list[int]:
+    """One image as Fuyu's processor writes it: each row of placeholders followed by the newline token."""
+    rows, cols = shape
+    return [*([image_id] * cols + [FUYU_NEWLINE]) * rows]
+
+
+MINICPM_PATCHES = [(8, 8), (8, 12), (12, 8)]
+
+
+def minicpm_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """NaViT-packed patches as MiniCPM-V's image processor gives them: every picture's patches row-major in one strip
+    `(1, channels, patch, total_patches * patch)`, with `target_sizes` (patch rows, columns) of 8x8, 8x12, 12x8; the
+    window merger halves (not in "4x" mode) and the 2x2 merger halves again: 2x2, 2x3, 3x2 (4x4, 4x6, 6x4 in "4x")."""
+    patch = config.vision_config.patch_size
+    total = sum(h * w for h, w in MINICPM_PATCHES)
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(1, config.vision_config.num_channels, patch, total * patch, generator=generator)
+    window = 1 if config.downsample_mode == "4x" else 2  # MiniCPM-OCR defaults to "4x": no window merger
+    merge_h, merge_w = config.merge_kernel_size
+    shapes = [(h // window // merge_h, w // window // merge_w) for h, w in MINICPM_PATCHES]
+    return {"pixel_values": pixel_values, "target_sizes": torch.tensor(MINICPM_PATCHES)}, shapes
+
+
+MINICPM = {"image_token_id": 240, "vision_config.patch_size": 2, "vision_config.image_size": 32}
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -690,6 +798,44 @@ TABLE: list[TableEntry] = [
         "mixer, has no self-attention module whose attention map it could record)",
         notes="images only (no audio, no video)",
     ),
+    # --- vq
+    TableEntry("janus", notes="SigLIP tower, square images; text-mode generate() routed to keep logits_processor"),
+    TableEntry(
+        "chameleon",
+        config_kwargs={"vocabulary_map": vq_vocabulary(chameleon_code), "vq_config": CHAMELEON_VQ},
+        pixels=chameleon_pixels,
+        notes="VQ-VAE codes written over `<image>` placeholders; 4x4 latent grid",
+    ),
+    TableEntry(
+        "emu3",
+        config_kwargs={
+            "vocabulary_map": vq_vocabulary(
+                lambda code: f"<|visual token{code:06d}|>", {"<|extra_200|>": FIRST_SPECIAL + 1}
+            ),
+            "vq_config": EMU3_VQ,
+        },
+        pixels=emu3_pixels,
+        notes="VQ-VAE codes and an end-of-line token a row over `<image>` placeholders; image_sizes",
+    ),
+    TableEntry(
+        "fuyu",
+        overrides={"patch_size": FUYU_PATCH},
+        pixels=fuyu_pixels,
+        image_tokens=fuyu_image_tokens,
+        notes="patches embedded by a linear layer; a newline token after each row of placeholders",
+    ),
+    *[
+        TableEntry(
+            model_type,
+            config_kwargs={"insert_layer_id": 0},
+            overrides=MINICPM,
+            pixels=minicpm_pixels,
+            mrope=model_type == "minicpmv4_7",
+            teacher_issue=HYBRID,
+            notes="NaViT-packed patches, window merger after layer 0, 2x2 merger",
+        )
+        for model_type in ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
+    ],
 ]
 
 
@@ -717,6 +863,23 @@ LOCALITY_UNCHECKED = {
 LOCALITY_UNCHECKED["idefics"] = (
     "1-D perceiver latents (IDEFICS 1): the resampler mixes the whole image into every latent, there is no locality to "
     "check (idefics-patches, without the resampler, is checked)"
+)
+# --- vq: locality
+LOCALITY_UNCHECKED |= (
+    {
+        name: "VQ codes: the pixels are quantized by an argmin over the codebook, so no gradient reaches them and the "
+        "probe has nothing to measure (the grid is the VQ latent grid by construction of the encoder)"
+        for name in ("chameleon", "emu3")
+    }
+    | {
+        "fuyu": "the probe's pixel decoder does not know Fuyu's concatenated, flattened patch lists "
+        "`(total_patches, patch * patch * channels)`"
+    }
+    | {
+        name: "the probe's pixel decoder does not know NaViT-packed patch strips and its silencing zeroes the whole "
+        "window-attention merger; tests/models/test_minicpm_locality.py checks these grids instead"
+        for name in ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
+    }
 )
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""

@@ -39,7 +39,7 @@ from hf_fastrm.testing_utils import tiny_head
 
 NEW_TOKENS = 4
 GREEDY = {"do_sample": False, "max_new_tokens": NEW_TOKENS}
-TAP_WRAPPED = ("get_image_features", "get_video_features", "_expand_inputs_for_generation")  # the tap's wrappers
+TAP_WRAPPED = ("get_image_features", "get_video_features", "_expand_inputs_for_generation", "generate")  # tap wraps
 
 CASES: list[FamilyCase] = [
     llava_case(),
