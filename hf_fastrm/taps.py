@@ -227,8 +227,11 @@ class HiddenStateTap:
         # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
         encoder_kwargs, self._encoder_kwargs = self._encoder_kwargs, {}
         expand_size, self._expand_size = self._expand_size, None
-        self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
-        layouts = self._layouts(input_ids, kwargs, encoder_kwargs, expand_size)
+        # a None the forward got must not hide what the encoders got: Inkling's prepare_inputs_for_generation passes
+        # `pixel_values=None` at prefill once generate() has encoded the pixels
+        given = {key: value for key, value in kwargs.items() if value is not None}
+        self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **given})
+        layouts = self._layouts(input_ids, given, encoder_kwargs, expand_size)
         check_image_tokens(layouts, "or generate without relevancy")
         num_tokens = max(layout.num_image_tokens for layout in layouts)
         index = torch.zeros(len(layouts), num_tokens, dtype=torch.long)
