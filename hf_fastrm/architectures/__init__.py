@@ -1,5 +1,6 @@
 """Model families: one adapter per family, in a registry users can extend."""
 
+from .apertus1p5 import Apertus1p5Adapter
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
 from .gemma3 import Gemma3Adapter
@@ -7,6 +8,7 @@ from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
+from .inkling import Inkling2Adapter, InklingAdapter
 from .internvl import InternVLAdapter
 from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter
@@ -43,14 +45,19 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
+for _instance in (InklingAdapter(), Inkling2Adapter(), Apertus1p5Adapter()):  # --- inkling
+    register_architecture(_instance)
 
 __all__ = [
+    "Apertus1p5Adapter",
     "ArchitectureAdapter",
     "AyaVisionAdapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
+    "Inkling2Adapter",
+    "InklingAdapter",
     "InternVLAdapter",
     "Llama4Adapter",
     "LlavaAdapter",

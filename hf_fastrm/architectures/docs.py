@@ -126,7 +126,6 @@ NOT_DONE: dict[str, str] = {
     "fast_vlm": "untested: the generic adapter applies; the tiny model needs `timm` (FastViT tower), not installed here",
     "gemma3n": "untested: the generic adapter applies; the tiny model needs `timm` (MobileNet v5 tower), not installed "
     "here",
-    "inkling_mm_model": "untested: the generic adapter applies; the model needs `scipy`, not installed here",
     "janus": "`JanusForConditionalGeneration.generate()` drops `logits_processor` in text mode (transformers 5.24), "
     "so FastRM's processor never runs; the layout itself is the generic one (square SigLIP grid)",
     "diffusion_gemma": "block diffusion (`DiffusionGemmaForBlockDiffusion`), not autoregressive `generate()`",
@@ -137,12 +136,7 @@ NOT_DONE: dict[str, str] = {
     "cosmos3_edge": "untested: the tiny model's rope index expects more tokens per image than its tower gives at the "
     "table's sizes",
     "ernie4_5_vl_moe": "untested: its 3-D rotary split needs sizes the table does not set yet",
-    "inkling2": "untested: its tower expects (patch rows, patch cols, channels) pixel layouts the table does not build",
-    "inkling2_loop": "untested: as inkling2",
-    "muse_glimmer": "untested: its projector's output width is not derived from the shrunk config",
-    "muse_spark": "untested: as muse_glimmer",
     "granite4_vision": "untested: its Q-Former downsamplers need a `deepstack_layer_map` the table does not set",
-    "apertus1p5": "untested: images go through a VQ vision tokenizer (no patch tower in the config)",
     "deepseek_ocr2": "untested: its SAM-style tower has no `image_size`/`patch_size` in the config for the table",
     "unlimited_ocr": "untested: as deepseek_ocr2",
     "molmo2": "untested: the generic adapter applies to its positions; its forward needs `image_token_pooling` and "
