@@ -69,6 +69,8 @@ FOOTER = """
   their pixel layout, or the cell order may be wrong): Gemma 4, Cohere2 Vision, PaddleOCR-VL, HunYuanVL, LFM2-VL,
   Kimi K2.5, Mistral Large 4, VideoLLaMA 3, LightOnOCR. Idefics2 and Aria have no locality (1-D latents).
   Qianfan-OCR's check runs with the slow tests.
+* No locality check: Inkling (1-D grids: an image's patch rows are not among the forward's inputs) and Apertus 1.5
+  (its image tokens embed argmax VQ codes, so no gradient reaches the pixels for the probe to follow).
 
 ## The generic adapter and unlisted types
 

@@ -502,6 +502,18 @@ INKLING2_LOOP = INKLING2 | {
 }
 
 
+LOCALITY_PATCH_MERGE = {"muse_glimmer": 1, "muse_spark": 1}
+"""Flattened-patch families whose image processor lists patches in plain row-major order (the tower regroups them
+into merge blocks itself) rather than Qwen's merge-block order: the locality probe decodes them with blocks of 1."""
+INKLING_LOCALITY = {
+    "inkling_mm_model": "1-D grids (an image's patch rows are not among the forward's inputs) and (patches, 2, p, p, "
+    "channels) pixels the probe does not decode: no 2-D locality to check",
+    "apertus1p5": "VQ codes: the image tokens are embeddings of argmax codebook indices, so no gradient reaches the "
+    "pixels and the gradient probe has nothing to measure",
+}
+"""Cases of this block the locality probe cannot check, with why (joined to `LOCALITY_UNCHECKED`)."""
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 def gemma4_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     """Gemma 4's own image processor (patch 4, pooling 2) on 16x24, 24x16 and 16x16 images, without its resize (at
@@ -726,6 +738,7 @@ LOCALITY_UNCHECKED = {
     "aria": "1-D learned queries: every query attends to the whole image, there is no locality to check",
 }
 """Table cases the locality test marks as expected failures, with why."""
+LOCALITY_UNCHECKED |= INKLING_LOCALITY
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
 

@@ -15,7 +15,7 @@ import functools
 
 import pytest
 import torch
-from family_table import LOCALITY_SLOW, LOCALITY_UNCHECKED
+from family_table import LOCALITY_PATCH_MERGE, LOCALITY_SLOW, LOCALITY_UNCHECKED
 from test_families import CASES, built, params
 
 from hf_fastrm.architectures import get_adapter
@@ -47,12 +47,12 @@ def vision_attention_silenced(model, language_model):
             handle.remove()
 
 
-def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict, merge: int = 2) -> torch.Tensor:
     """`(elements, 3)` (sub-image id, y, x) of every element of a pixel tensor.
 
     `(..., C, H, W)` tensors: leading indices flattened into the sub-image id. Qwen's flattened patches
-    `(patches, C * T * p * p)`: decoded with the image processor's patch order `(t, h / m, w / m, m, m)` per image,
-    the sub-image being (image, temporal patch).
+    `(patches, C * T * p * p)`: decoded with the image processor's patch order `(t, h / m, w / m, m, m)` per image
+    (`merge` m; 1 for processors that list patches row-major), the sub-image being (image, temporal patch).
     """
     if tensor.ndim >= 4:
         *lead, channels, height, width = tensor.shape
@@ -61,7 +61,6 @@ def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict) -> torch.Te
         x = torch.arange(width).view(1, width).expand(*tensor.shape)
         return torch.stack([sub.reshape(-1), y.reshape(-1), x.reshape(-1)], dim=1)
     grids = inputs["image_grid_thw" if name == "pixel_values" else "video_grid_thw"].tolist()
-    merge = 2
     rows = []
     sub_base = 0
     for t, h, w in grids:
@@ -102,7 +101,8 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
     finally:
         handle.remove()
     embeds = captured["embeds"]
-    coordinates = {k: pixel_coordinates(k, v, inputs).float() for k, v in pixels.items()}
+    merge = LOCALITY_PATCH_MERGE.get(name, 2)
+    coordinates = {k: pixel_coordinates(k, v, inputs, merge).float() for k, v in pixels.items()}
     offsets = {}
     total = 0
     for k in pixels:  # videos' sub-images numbered after the images'
