@@ -100,7 +100,8 @@ class TableEntry:
         extra_pixels: `(config, pixel inputs) -> dict` of more image inputs the tower needs (a high-resolution
             copy, a pixel mask).
         image_span: `(config, image grid shape) -> token ids` the processor writes for one image, placeholders
-            and the marker tokens between them (rows split by end-of-line tokens); default: only the placeholders.
+            and the marker tokens between them (rows split by end-of-line tokens), from the grid shapes a `pixels`
+            callable returns; default: only the placeholders.
         mrope: the model computes its own position ids.
         teacher_issue: why the teacher fails on this family (the test is then an xfail).
         slow: keep the case out of the default run.
