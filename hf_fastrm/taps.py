@@ -272,8 +272,8 @@ class HiddenStateTap:
         # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
         encoder_kwargs, self._encoder_kwargs = self._encoder_kwargs, {}
         expand_size, self._expand_size = self._expand_size, None
-        # a None the forward was handed means "not passed" (MiniCPM-V's prepare_inputs_for_generation hands on
-        # `pixel_values=None` after generate() encoded and dropped them): it must not hide what the encoder got
+        # a None the forward was handed means "not passed" (MiniCPM-V's and Inkling's prepare_inputs_for_generation
+        # hand on `pixel_values=None` after generate() encoded and dropped them): it must not hide what the encoder got
         kwargs = {key: value for key, value in kwargs.items() if value is not None}
         self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
         layouts = self._layouts(input_ids, kwargs, encoder_kwargs, expand_size)

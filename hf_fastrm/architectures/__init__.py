@@ -1,5 +1,6 @@
 """Model families: one adapter per family, in a registry users can extend."""
 
+from .apertus1p5 import Apertus1p5Adapter
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
 from .encoder_decoder import ENCODER_DECODER_FAMILIES, EncoderDecoderAdapter, Florence2Adapter, T5Gemma2Adapter
@@ -11,6 +12,7 @@ from .hunyuan_vl import HunYuanVLAdapter
 from .hy_v4_vl import HYV4VLAdapter
 from .idefics import IdeficsAdapter
 from .idefics3 import Idefics3Adapter
+from .inkling import Inkling2Adapter, InklingAdapter
 from .internvl import InternVLAdapter
 from .janus import JanusAdapter
 from .llama4 import Llama4Adapter
@@ -64,8 +66,11 @@ for _instance in (*TIMM_FAMILIES, NemotronHOmniAdapter()):
 # --- vq
 for _instance in (JanusAdapter(), ChameleonAdapter(), Emu3Adapter(), FuyuAdapter(), MiniCPMVAdapter()):
     register_architecture(_instance)
+for _instance in (InklingAdapter(), Inkling2Adapter(), Apertus1p5Adapter()):  # --- inkling
+    register_architecture(_instance)
 
 __all__ = [
+    "Apertus1p5Adapter",
     "ArchitectureAdapter",
     "AyaVisionAdapter",
     "ChameleonAdapter",
@@ -79,6 +84,8 @@ __all__ = [
     "HunYuanVLAdapter",
     "Idefics3Adapter",
     "IdeficsAdapter",
+    "Inkling2Adapter",
+    "InklingAdapter",
     "InternVLAdapter",
     "JanusAdapter",
     "Llama4Adapter",

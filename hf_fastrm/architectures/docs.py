@@ -99,6 +99,8 @@ FOOTER = """
   their pixel layout, or the cell order may be wrong): Gemma 4, Cohere2 Vision, PaddleOCR-VL, HunYuanVL, LFM2-VL,
   Kimi K2.5, Mistral Large 4, VideoLLaMA 3, LightOnOCR. Idefics2 and Aria have no locality (1-D latents).
   Qianfan-OCR's check runs with the slow tests.
+* No locality check: Inkling (1-D grids: an image's patch rows are not among the forward's inputs) and Apertus 1.5
+  (its image tokens embed argmax VQ codes, so no gradient reaches the pixels for the probe to follow).
 
 ## The generic adapter and unlisted types
 
@@ -140,16 +142,10 @@ NOT_DONE: dict[str, str] = {
     "evolla": "protein-text model: no images",
     "pi0": "robot policy (PaliGemma backbone + action expert), not a text generator",
     "mistral4": "text-only causal LM class in this mapping",
-    "inkling_mm_model": "untested: the generic adapter applies; the model needs `scipy`, not installed here",
     "diffusion_gemma": "block diffusion (`DiffusionGemmaForBlockDiffusion`), not autoregressive `generate()`",
     "gemma4_unified": "untested: the Gemma 4 adapter's layout should apply; the table's tiny config does not build "
     "yet (its patch embedder's width differs from Gemma 4's)",
-    "inkling2": "untested: its tower expects (patch rows, patch cols, channels) pixel layouts the table does not build",
-    "inkling2_loop": "untested: as inkling2",
-    "muse_glimmer": "untested: its projector's output width is not derived from the shrunk config",
-    "muse_spark": "untested: as muse_glimmer",
     "granite4_vision": "untested: its Q-Former downsamplers need a `deepstack_layer_map` the table does not set",
-    "apertus1p5": "untested: images go through a VQ vision tokenizer (no patch tower in the config)",
     "deepseek_ocr2": "untested: its SAM-style tower has no `image_size`/`patch_size` in the config for the table",
     "unlimited_ocr": "untested: as deepseek_ocr2",
     "molmo2": "untested: the generic adapter applies to its positions; its forward needs `image_token_pooling` and "

@@ -243,4 +243,14 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
             "DSA-indexed NoPE MLA layer, hyper-connection streams",
         ),
     ),
+    # --- inkling
+    PlaceholderAdapter(
+        ("muse_glimmer", "muse_spark"),
+        family="Muse Glimmer, Muse Spark",
+        grid_description=THW + " (merge from `merge_size`)",
+        tested_configs=(
+            "muse_glimmer: flattened patches by image_grid_thw (1x4x4, 1x4x6, 1x6x4), pixel shuffle 2x2",
+            "muse_spark: the same with MuseSparkForConditionalGeneration",
+        ),
+    ),
 )

@@ -107,8 +107,9 @@ class TableEntry:
         slow: keep the case out of the default run.
         notes: one line for docs/supported-models.md.
         image_tokens: `(config, image_id, grid shape) -> token ids` of one image in the prompt, for families whose
-            processor writes more than a run of placeholders (Fuyu: a newline token after each row); needs
-            ``pixels`` as a callable (the grid shapes come from it).
+            processor writes more than a run of placeholders (Fuyu: a newline token after each row; Apertus: rows
+            split by end-of-line tokens between begin/end markers); needs ``pixels`` as a callable (the grid shapes
+            come from it).
     """
 
     model_type: str
@@ -199,8 +200,9 @@ def set_path(config: Any, path: str, value: Any) -> None:
     setattr(target, name, value)
 
 
-def _features_per_image(output: Any, num_images: int) -> list[int]:
-    """Feature rows per image from `get_image_features`' output (tensor, list of tensors, or a model output)."""
+def _features_per_image(output: Any, num_images: int, sizes: list[int] | None = None) -> list[int]:
+    """Feature rows per image from `get_image_features`' output (tensor, list of tensors, or a model output);
+    `sizes` (the processor's per-image counts) split one tensor of all images' features when its rows add up."""
     if hasattr(output, "pooler_output") and output.pooler_output is not None:
         output = output.pooler_output
     elif hasattr(output, "last_hidden_state"):
@@ -212,6 +214,8 @@ def _features_per_image(output: Any, num_images: int) -> list[int]:
     if output.dim() == 3 and output.shape[0] == num_images:
         return [int(output.shape[1])] * num_images
     total = int(output.reshape(-1, output.shape[-1]).shape[0])
+    if sizes is not None and total == sum(sizes):
+        return list(sizes)
     return [total // num_images] * num_images
 
 
@@ -276,7 +280,8 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
     if "image_merge_sizes" in inspect.signature(base.get_image_features).parameters:  # VideoLLaMA3
         pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
     with torch.no_grad():
-        counts = _features_per_image(base.get_image_features(**pixels), num_images)
+        sizes = [math.prod(shape) for shape in processor_shapes] if processor_shapes else None
+        counts = _features_per_image(base.get_image_features(**pixels), num_images, sizes)
     image_id = config_id(config, ("image_token_id", "image_token_index"))
     words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
     if entry.image_tokens is not None:  # the family's own token pattern per image (placeholders and separators)
@@ -578,6 +583,169 @@ def minicpm_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
 
 
 MINICPM = {"image_token_id": 240, "vision_config.patch_size": 2, "vision_config.image_size": 32}
+# --- inkling (helpers)
+MUSE = {"out_hidden_size": 4 * SIZES["hidden_size"]}
+"""Muse Glimmer / Spark: the projector reads the pixel-shuffled tower output, merge_size**2 (2 x 2) tower widths;
+the config keeps that width in ``out_hidden_size`` instead of deriving it."""
+
+
+def _random_image(height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """`(3, height, width)` float pixel values on the 0-255 scale, as image processors read an RGB image."""
+    return torch.randint(0, 256, (3, height, width), generator=generator).float()
+
+
+def _rescale_and_normalize(pixels: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """What `rescale_and_normalize` does to `(..., 3, height, width)` pixels: / 255, then per-channel mean and std."""
+    shape = (3, 1, 1)
+    return (pixels / 255 - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
+INKLING_SIZES = ((8, 8), (8, 12), (10, 6))
+"""Inkling image sizes (height, width): 2x3, 2x4 and 3x2 patches of 4 px (always one padded column more)."""
+
+
+def inkling_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Inkling's pixel values as `InklingImageProcessor._preprocess` lays them out (its torchvision backend cannot be
+    built here): per image `ceil(height / p)` rows of `width // p + 1` patches, row-major, each padded to `p x p` with
+    -1 (0-255 scale) at the bottom/right, rescaled and CLIP-normalised, repeated twice in time and permuted to
+    `(patches, 2, p, p, channels)`. The grids are 1-D: one token a patch, `rows * cols` per image."""
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    patch = config.vision_config.patch_size
+    generator = torch.Generator().manual_seed(0)
+    patches, counts = [], []
+    for height, width in INKLING_SIZES:
+        image = _random_image(height, width, generator)
+        rows, cols = math.ceil(height / patch), width // patch + 1
+        for row in range(rows):
+            for col in range(cols):
+                piece = image[:, row * patch : (row + 1) * patch, col * patch : (col + 1) * patch]
+                padded = torch.full((3, patch, patch), -1.0)
+                padded[:, : piece.shape[1], : piece.shape[2]] = piece
+                patches.append(_rescale_and_normalize(padded, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+        counts.append(rows * cols)
+    pixel_values = torch.stack(patches)[..., None].repeat(1, 1, 1, 1, 2).permute(0, 4, 2, 3, 1)
+    return {"pixel_values": pixel_values}, [(count,) for count in counts]
+
+
+INKLING = {
+    "vision_config.patch_size": 4,
+    "text_config.swa_num_attention_heads": 4,
+    "text_config.swa_num_key_value_heads": 2,
+}
+
+APERTUS_SIZES = ((16, 16), (16, 24), (24, 16))
+"""Apertus 1.5 image sizes (height, width), multiples of the tiny VQ tokenizer's downsampling 4 (as its processor
+resizes them to): 4x4, 4x6 and 6x4 codes."""
+APERTUS_MARKERS = {"boi": 250, "wrapper": 251, "eol": 252, "eoi": 253}
+"""Stand-ins for Apertus 1.5's <boi>, image-wrapper, end-of-line and <eoi> tokens (ids in the suppressed range)."""
+
+
+def apertus_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Apertus 1.5's pixel values as `Apertus1p5ImageProcessor._preprocess` gives them after its resize (torchvision
+    backend, not buildable here): normalised to [-1, 1], zero-padded at the bottom/right to the largest image, with the
+    true `image_sizes`; each image is a `(height / f, width / f)` grid of codes, f the processor's `spatial_factor`
+    (the vision tokenizer's downsampling, `2 ** (len(channel_multiplier) - 1)`)."""
+    factor = 2 ** (len(config.vision_config.channel_multiplier) - 1)
+    generator = torch.Generator().manual_seed(0)
+    height, width = (max(size[axis] for size in APERTUS_SIZES) for axis in (0, 1))
+    pixel_values = torch.zeros(len(APERTUS_SIZES), 3, height, width)
+    for index, (h, w) in enumerate(APERTUS_SIZES):
+        pixel_values[index, :, :h, :w] = _rescale_and_normalize(_random_image(h, w, generator), [0.5] * 3, [0.5] * 3)
+    inputs = {"pixel_values": pixel_values, "image_sizes": torch.tensor(APERTUS_SIZES)}
+    return inputs, [(h // factor, w // factor) for h, w in APERTUS_SIZES]
+
+
+def apertus_span(config: Any, image_id: int, shape: tuple[int, ...]) -> list[int]:
+    """One image as `Apertus1p5Processor.replace_image_token` writes it: <boi>, the wrapper, `rows` runs of `cols`
+    placeholders joined by end-of-line tokens, <eoi> (the textual "H*W" size header left out)."""
+    rows, cols = shape
+    body = [
+        APERTUS_MARKERS["eol"] if cell % (cols + 1) == cols else config.image_token_id
+        for cell in range(rows * (cols + 1) - 1)
+    ]
+    assert image_id == config.image_token_id
+    return [APERTUS_MARKERS["boi"], APERTUS_MARKERS["wrapper"], *body, APERTUS_MARKERS["eoi"]]
+
+
+APERTUS = {
+    "vision_config.codebook_size": 16,
+    "vision_config.embed_dim": 32,
+    "vision_config.latent_channels": 32,
+    "vision_config.base_channels": 32,
+    "vision_config.channel_multiplier": [1, 1, 2],
+    "vision_config.num_res_blocks": 1,
+    "vision_config.attn_resolutions": [8],
+    "vision_config.resolution": 32,
+    "audio_config.codebook_size": 16,
+    "audio_config.codebook_dim": 32,
+    "audio_config.num_filters": 4,
+    "image_token_offset": 100,
+    "audio_token_offset": 116,
+}
+"""A tiny VQ tokenizer (downsampling 4, 16 codes); the visual and audio code ranges moved into the 256-token vocabulary
+(the visual range must end where the audio range starts)."""
+
+
+INKLING_TEACHER = (
+    "the teacher's attention drops the learned relative-position logits Inkling's attention passes as `position_bias` "
+    "(its teacher-forced forward departs from the model: hidden states differ by ~2e-4 at the tiny size), and the "
+    "short convolutions on keys/values mix tokens outside any attention map"
+)
+INKLING2_TEACHER = (
+    "Inkling 2's attention uses attention sinks (the teacher refuses them) and learned relative-position logits "
+    "(`position_bias`, not modelled); short convolutions mix tokens outside any attention map"
+)
+
+INKLING2_SIZES = ((13, 16), (16, 20), (21, 14))
+"""Inkling 2 image sizes (height, width): padded up to 2x2, 2x3 and 3x2 tokens of 8 px (patch 4, merge 2)."""
+
+
+def inkling2_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Inkling 2's pixel values as `Inkling2ImageProcessor._preprocess` lays them out (torchvision backend, not
+    buildable here): each image padded with -1 (0-255 scale) at the bottom/right to whole `side = patch * merge`
+    squares, rescaled and normalised to [-1, 1], cut into one `(side, side, channels)` square per image token,
+    row-major; `image_grid_thw` is `[1, rows, cols]` in tokens. The grids are those rows and columns."""
+    vision = config.vision_config
+    side = vision.patch_size * vision.spatial_merge_size
+    generator = torch.Generator().manual_seed(0)
+    squares, grid_thw = [], []
+    for height, width in INKLING2_SIZES:
+        rows, cols = math.ceil(height / side), math.ceil(width / side)
+        padded = torch.full((3, rows * side, cols * side), -1.0)
+        padded[:, :height, :width] = _random_image(height, width, generator)
+        image = _rescale_and_normalize(padded, [0.5] * 3, [0.5] * 3)
+        squares.append(image.reshape(3, rows, side, cols, side).permute(1, 3, 2, 4, 0).flatten(0, 1))
+        grid_thw.append([1, rows, cols])
+    inputs = {"pixel_values": torch.cat(squares), "image_grid_thw": torch.tensor(grid_thw)}
+    return inputs, [(rows, cols) for _, rows, cols in grid_thw]
+
+
+INKLING2 = {
+    "vision_config.patch_size": 4,
+    "text_config.swa_num_attention_heads": 4,
+    "text_config.swa_num_key_value_heads": 2,
+    "text_config.unpadded_vocab_size": VOCAB,
+    "text_config.n_layers_per_attn_res_block": 1,
+}
+INKLING2_LOOP = INKLING2 | {
+    "text_config.loop_layer_index_start": 1,
+    "text_config.loop_layer_index_end": 2,
+    "text_config.loop_num_passes": 2,
+    "text_config.loop_gate_rank": 8,
+}
+
+
+LOCALITY_PATCH_MERGE = {"muse_glimmer": 1, "muse_spark": 1}
+"""Flattened-patch families whose image processor lists patches in plain row-major order (the tower regroups them
+into merge blocks itself) rather than Qwen's merge-block order: the locality probe decodes them with blocks of 1."""
+INKLING_LOCALITY = {
+    "inkling_mm_model": "1-D grids (an image's patch rows are not among the forward's inputs) and (patches, 2, p, p, "
+    "channels) pixels the probe does not decode: no 2-D locality to check",
+    "apertus1p5": "VQ codes: the image tokens are embeddings of argmax codebook indices, so no gradient reaches the "
+    "pixels and the gradient probe has nothing to measure",
+}
+"""Cases of this block the locality probe cannot check, with why (joined to `LOCALITY_UNCHECKED`)."""
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -836,6 +1004,43 @@ TABLE: list[TableEntry] = [
         )
         for model_type in ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
     ],
+    # --- inkling
+    TableEntry(
+        "muse_glimmer",
+        pixels="thw",
+        overrides=MUSE,
+        notes="flattened (temporal, channel) patches by image_grid_thw, pixel shuffle 2x2",
+    ),
+    TableEntry("muse_spark", pixels="thw", overrides=MUSE, notes="as muse_glimmer"),
+    TableEntry(
+        "inkling_mm_model",
+        pixels=inkling_pixels,
+        overrides=INKLING,
+        grid=None,
+        teacher_issue=INKLING_TEACHER,
+        notes="a patch a token; patch counts per image are not among the forward's inputs: 1-D",
+    ),
+    TableEntry(
+        "inkling2",
+        pixels=inkling2_pixels,
+        overrides=INKLING2,
+        teacher_issue=INKLING2_TEACHER,
+        notes="image_grid_thw counted in tokens",
+    ),
+    TableEntry(
+        "inkling2_loop",
+        pixels=inkling2_pixels,
+        overrides=INKLING2_LOOP,
+        teacher_issue=INKLING2_TEACHER,
+        notes="as inkling2, one layer looped twice",
+    ),
+    TableEntry(
+        "apertus1p5",
+        pixels=apertus_pixels,
+        image_tokens=apertus_span,
+        overrides=APERTUS,
+        notes="VQ codes' embeddings over the placeholders; rows split by end-of-line tokens",
+    ),
 ]
 
 
@@ -881,6 +1086,7 @@ LOCALITY_UNCHECKED |= (
         for name in ("minicpmv4_6", "minicpmv4_7", "minicpm_ocr")
     }
 )
+LOCALITY_UNCHECKED |= INKLING_LOCALITY
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
 # --- qwenlike
@@ -891,9 +1097,9 @@ EXPANDED_IMAGES_PERMUTED = {
     "features than a forward of the returned sequences"
 }
 """Table cases whose own generate() writes the wrong images into expanded rows (test_modes marks those modes xfail)."""
-ROW_MAJOR_PATCHES = {"hy_v4_vl"}
-"""Table cases whose flattened patches are in row-major `(t, h, w)` order, not Qwen's merge-block order (HY-V4-VL's
-image processor: "Flatten patches in row-major order in comparison to Qwen"; its merger reshapes them to `(h, w)`)."""
+LOCALITY_PATCH_MERGE["hy_v4_vl"] = 1
+"""HY-V4-VL's flattened patches are in row-major `(t, h, w)` order, not Qwen's merge-block order (its image
+processor: "Flatten patches in row-major order in comparison to Qwen"; its merger reshapes them to `(h, w)`)."""
 
 
 def table_cases() -> list[FamilyCase]:

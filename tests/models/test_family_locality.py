@@ -15,7 +15,7 @@ import functools
 
 import pytest
 import torch
-from family_table import LOCALITY_SLOW, LOCALITY_UNCHECKED, ROW_MAJOR_PATCHES
+from family_table import LOCALITY_PATCH_MERGE, LOCALITY_SLOW, LOCALITY_UNCHECKED
 from test_families import BY_NAME, CASES, built, params
 
 from hf_fastrm.architectures import get_adapter
@@ -47,12 +47,12 @@ def vision_attention_silenced(model, language_model):
             handle.remove()
 
 
-def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict, row_major: bool = False) -> torch.Tensor:
+def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict, merge: int = 2) -> torch.Tensor:
     """`(elements, 3)` (sub-image id, y, x) of every element of a pixel tensor.
 
     `(..., C, H, W)` tensors: leading indices flattened into the sub-image id. Qwen's flattened patches
     `(patches, C * T * p * p)`: decoded with the image processor's patch order `(t, h / m, w / m, m, m)` per image
-    (`(t, h, w)` with `row_major`, as HY-V4-VL's processor writes them), the sub-image being (image, temporal patch).
+    (`merge` m; 1 for processors that list patches row-major, as HY-V4-VL's and Muse's), the sub-image being (image, temporal patch).
     """
     if tensor.ndim >= 4:
         *lead, channels, height, width = tensor.shape
@@ -69,15 +69,9 @@ def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict, row_major: 
         )
         return per_patch.repeat_interleave(tensor.shape[1], dim=0)
     grids = inputs["image_grid_thw" if name == "pixel_values" else "video_grid_thw"].tolist()
-    merge = 2
     rows = []
     sub_base = 0
     for t, h, w in grids:
-        if row_major:
-            tt, yy, xx = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
-            rows.append(torch.stack([sub_base + tt, yy, xx], dim=-1).reshape(-1, 3))
-            sub_base += t
-            continue
         patch = torch.arange(t * h * w).view(t, h // merge, w // merge, merge, merge)
         tt, bh, bw, mh, mw = torch.meshgrid(*(torch.arange(s) for s in patch.shape), indexing="ij")
         rows.append(torch.stack([sub_base + tt, bh * merge + mh, bw * merge + mw], dim=-1).reshape(-1, 3))
@@ -119,8 +113,8 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
     finally:
         handle.remove()
     embeds = captured["embeds"]
-    row_major = name in ROW_MAJOR_PATCHES
-    coordinates = {k: pixel_coordinates(k, v, inputs, row_major).float() for k, v in pixels.items()}
+    merge = LOCALITY_PATCH_MERGE.get(name, 2)
+    coordinates = {k: pixel_coordinates(k, v, inputs, merge).float() for k, v in pixels.items()}
     offsets = {}
     total = 0
     for k in pixels:  # videos' sub-images numbered after the images'
