@@ -69,6 +69,7 @@ class HiddenStateTap:
         self._encoder_kwargs: dict[str, Any] = {}
         self._encoder_depth = 0
         self._expand_size: int | None = None
+        self._embedded_prompt_ids: torch.Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -102,7 +103,8 @@ class HiddenStateTap:
             return self
         norm = self.adapter.final_norm(self.model)
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            generator = self.adapter.generation_module(self.model)
+            self._handles.append(generator.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             self._handles.append(norm.register_forward_hook(self._norm_hook))
             self._wrap_encoders()
         except BaseException:
@@ -125,16 +127,20 @@ class HiddenStateTap:
                 wrapper._fastrm_active = False
         self._encoder_kwargs = {}
         self._expand_size = None
+        self._embedded_prompt_ids = None
 
     _ENCODER_METHODS = ("get_image_features", "get_video_features")
     _EXPAND_METHOD = "_expand_inputs_for_generation"
+    _PREPARE_METHOD = "prepare_inputs_for_generation"
 
     def _wrap_encoders(self) -> None:
         owners = {id(module): module for module in (self.model, getattr(self.model, "base_model", None)) if module}
         for owner in owners.values():
             for name in self._ENCODER_METHODS:
                 self._wrap(owner, name, functools.partial(self._recording, needed=self._encoder_inputs(name)))
-        self._wrap(self.model, self._EXPAND_METHOD, self._recording_expansion)
+        generator = self.adapter.generation_module(self.model)
+        self._wrap(generator, self._EXPAND_METHOD, self._recording_expansion)
+        self._wrap(generator, self._PREPARE_METHOD, self._recording_embedded_prompt)
 
     def _wrap(self, owner: nn.Module, name: str, make_wrapper: Callable[[Callable], Callable]) -> None:
         original = getattr(owner, name, None)
@@ -155,6 +161,29 @@ class HiddenStateTap:
                 expand_size = kwargs.get("expand_size", args[0] if args else 1)
                 self._expand_size = int(expand_size) if isinstance(expand_size, int) else None
             return original(*args, **kwargs)
+
+        recording._fastrm_active = True
+        return recording
+
+    def _recording_embedded_prompt(self, original: Callable) -> Callable:
+        """Wraps `generate()`'s `prepare_inputs_for_generation`: when the first step feeds ``inputs_embeds`` (images
+        already written into them, as BLIP-2's own generate() does) and no ``input_ids``, records the prompt's ids,
+        `(rows, seq)`, which the step's forward does not receive but the layout needs."""
+
+        @functools.wraps(original)
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            model_inputs = original(*args, **kwargs)
+            if recording._fastrm_active and isinstance(model_inputs, dict):
+                input_ids = kwargs.get("input_ids", args[0] if args else None)
+                embeds = model_inputs.get("inputs_embeds")
+                if (
+                    model_inputs.get("input_ids") is None
+                    and isinstance(embeds, torch.Tensor)
+                    and isinstance(input_ids, torch.Tensor)
+                    and input_ids.shape[:2] == embeds.shape[:2]
+                ):
+                    self._embedded_prompt_ids = input_ids
+            return model_inputs
 
         recording._fastrm_active = True
         return recording
@@ -215,8 +244,20 @@ class HiddenStateTap:
 
     def _read_prefill(self, args: tuple, kwargs: dict[str, Any]) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embedded_ids, self._embedded_prompt_ids = self._embedded_prompt_ids, None
+        embeds = kwargs.get("inputs_embeds")
+        from_embeddings = (
+            input_ids is None
+            and embedded_ids is not None
+            and embeds is not None
+            and embedded_ids.shape[:2] == embeds.shape[:2]
+        )
+        if from_embeddings:
+            # generate() feeds the prompt as embeddings (the model's own generate() wrote the images into them):
+            # the prompt's ids, recorded as this step's inputs were prepared, say where the image tokens are
+            input_ids = embedded_ids
         if input_ids is None:
-            if kwargs.get("inputs_embeds") is not None and self.layouts is None:
+            if embeds is not None and self.layouts is None:
                 raise ValueError(
                     "FastRM needs `input_ids` to find the image tokens, but generate() was called with "
                     "`inputs_embeds` only. Pass the processor's `input_ids` (and pixel values) instead."
@@ -227,7 +268,8 @@ class HiddenStateTap:
         # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
         encoder_kwargs, self._encoder_kwargs = self._encoder_kwargs, {}
         expand_size, self._expand_size = self._expand_size, None
-        self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
+        if not from_embeddings:  # embeddings already hold the images: nothing is left to check here
+            self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
         layouts = self._layouts(input_ids, kwargs, encoder_kwargs, expand_size)
         check_image_tokens(layouts, "or generate without relevancy")
         num_tokens = max(layout.num_image_tokens for layout in layouts)

@@ -15,6 +15,7 @@ from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
+from .qformer import QFormerAdapter
 from .qwen_vl import Qwen2VLAdapter
 from .registry import (
     get_adapter,
@@ -43,6 +44,8 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
+# --- qformer: families whose own generate() writes the images into inputs_embeds
+register_architecture(QFormerAdapter())
 
 __all__ = [
     "ArchitectureAdapter",
@@ -60,6 +63,7 @@ __all__ = [
     "Mistral3Adapter",
     "PaliGemmaAdapter",
     "PlaceholderAdapter",
+    "QFormerAdapter",
     "Qwen2VLAdapter",
     "RowImageLayout",
     "VipLlavaAdapter",

@@ -80,6 +80,12 @@ class ArchitectureAdapter:
         """The language model's decoder layers, first to last."""
         return self.language_model(model).layers
 
+    def generation_module(self, model: nn.Module) -> nn.Module:
+        """The module whose forward `generate()` calls at every step: `model` itself, except for families whose
+        own `generate()` writes the image features into ``inputs_embeds`` and hands them to the language model's
+        `generate()` (BLIP-2 and kin). The tap watches this module's prefill and its batch expansion."""
+        return model
+
     def image_token_id(self, config: Any) -> int:
         token_id = getattr(config, "image_token_id", None)
         if token_id is None:

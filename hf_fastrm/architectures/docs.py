@@ -93,10 +93,6 @@ know), set `model_types`, implement `image_layout(config, input_ids, model_kwarg
 # Why a model type of the mapping has no tested adapter (types named nowhere are "untested").
 NOT_DONE: dict[str, str] = {
     "blip": "encoder-decoder captioner: the text decoder cross-attends to the image; no image tokens in its sequence",
-    "blip-2": "Q-Former: 32 learned queries replace the image; they have no patch grid (a 1-D route would need "
-    "`image_token_id` set in the config, which BLIP-2 checkpoints from 5.x processors do)",
-    "instructblip": "Q-Former, as BLIP-2",
-    "instructblipvideo": "Q-Former, as BLIP-2",
     "mllama": "cross-attention: images enter through gated cross-attention layers, not as tokens of the decoder's "
     "sequence; route: read the decoder's last state against the cross-attention states (not written)",
     "florence2": "encoder-decoder (BART): image tokens are in the encoder; route: decoder state vs encoder image "

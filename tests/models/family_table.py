@@ -103,6 +103,8 @@ class TableEntry:
         teacher_issue: why the teacher fails on this family (the test is then an xfail).
         slow: keep the case out of the default run.
         notes: one line for docs/supported-models.md.
+        media: ``"image"``, or ``"video"`` for a family whose only media placeholder is a video token (its pixel
+            inputs are then videos, counted by ``get_video_features``, and its grids labelled ``"video i"``).
     """
 
     model_type: str
@@ -120,6 +122,7 @@ class TableEntry:
     slow: bool = False
     notes: str = ""
     variant: str = ""
+    media: str = "image"
 
     @property
     def name(self) -> str:
@@ -261,12 +264,12 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         processor_shapes = None
     if entry.extra_pixels is not None:
         pixels |= entry.extra_pixels(config, pixels)
-    base = model.model if hasattr(model.model, "get_image_features") else model
-    if "image_merge_sizes" in inspect.signature(base.get_image_features).parameters:  # VideoLLaMA3
+    encode = media_encoder(model, entry.media)
+    if "image_merge_sizes" in inspect.signature(encode).parameters:  # VideoLLaMA3
         pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
     with torch.no_grad():
-        counts = _features_per_image(base.get_image_features(**pixels), num_images)
-    image_id = config_id(config, ("image_token_id", "image_token_index"))
+        counts = _features_per_image(encode(**pixels), num_images)
+    image_id = config_id(config, (f"{entry.media}_token_id", f"{entry.media}_token_index"))
     words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
     rows = [
         [BOS, *words[:2], *[image_id] * counts[0], *words[2:5]],
@@ -279,7 +282,8 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         inputs |= entry.extra_inputs(model, inputs)
     finish_table_model(model, entry.name, remap)
     shapes = processor_shapes or [grid_shape(entry, config, counts[i], i) for i in range(3)]
-    expected = [[("image 0", shapes[0])], [("image 0", shapes[1]), ("image 1", shapes[2])]]
+    kind = entry.media
+    expected = [[(f"{kind} 0", shapes[0])], [(f"{kind} 0", shapes[1]), (f"{kind} 1", shapes[2])]]
     return model, inputs, expected
 
 
@@ -337,6 +341,41 @@ def table_case(entry: TableEntry) -> FamilyCase:
     )
     case.notes = entry.notes
     return case
+
+
+# --- qformer: shared helpers
+def media_encoder(model: torch.nn.Module, media: str = "image") -> Callable[..., Any]:
+    """The model's ``get_image_features`` (``get_video_features`` for ``media="video"``): on its base model
+    (``model.model``) where it has one, else on the model itself (BLIP-2 and kin keep no base model)."""
+    name = f"get_{media}_features"
+    for owner in (getattr(model, "model", None), model):
+        if owner is not None and callable(getattr(owner, name, None)):
+            return getattr(owner, name)
+    raise AttributeError(f"{type(model).__name__} has no `{name}`")
+
+
+def qformer_instructions(config: Any, pixels: dict[str, Any]) -> dict[str, Any]:
+    """InstructBLIP's `qformer_input_ids` / `qformer_attention_mask`: one instruction per image (or video)."""
+    generator = torch.Generator().manual_seed(2)
+    items = pixels["pixel_values"].shape[0]
+    ids = torch.randint(3, FIRST_SPECIAL, (items, 5), generator=generator)
+    return {"qformer_input_ids": ids, "qformer_attention_mask": torch.ones_like(ids)}
+
+
+def two_frame_videos(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """InstructBLIP-Video's `pixel_values`: 3 videos of 2 frames, `(videos, frames, channels, size, size)`; each video
+    is `frames * num_query_tokens` tokens, one 1-D grid."""
+    size = config.vision_config.image_size
+    pixel_values = torch.randn(3, 2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return {"pixel_values": pixel_values}, [(2 * config.num_query_tokens,)] * 3
+
+
+QFORMER = {
+    "num_query_tokens": 4,
+    "qformer_config.encoder_hidden_size": 32,
+    "text_config.ffn_dim": 37,
+    "text_config.word_embed_proj_dim": 32,
+}
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -502,6 +541,26 @@ TABLE: list[TableEntry] = [
         mrope=True,
         teacher_issue="hybrid decoder: Gated DeltaNet layers have no softmax attention for the teacher to record",
         notes="Qwen3.5 MoE: hybrid linear/full-attention decoder, 4 experts",
+    ),
+    # --- qformer
+    TableEntry("blip-2", overrides={**QFORMER, "image_token_index": 210}, grid=None, notes="OPT decoder; 4 queries"),
+    TableEntry(
+        "instructblip",
+        overrides={**QFORMER, "image_token_index": 210},
+        extra_pixels=qformer_instructions,
+        grid=None,
+        notes="OPT decoder; instruction-aware Q-Former",
+    ),
+    TableEntry(
+        "instructblipvideo",
+        overrides={**QFORMER, "video_token_index": 210},
+        pixels=two_frame_videos,
+        extra_pixels=qformer_instructions,
+        media="video",
+        # its forward hands extra kwargs (`position_ids`) to the Q-Former too (transformers 5.24), so the reference
+        # forward passes none: OPT derives the same positions from the attention mask
+        mrope=True,
+        notes="OPT decoder; 2 frames x 4 queries a video",
     ),
 ]
 

@@ -37,7 +37,12 @@ from hf_fastrm.testing_utils import tiny_head
 
 NEW_TOKENS = 4
 GREEDY = {"do_sample": False, "max_new_tokens": NEW_TOKENS}
-TAP_WRAPPED = ("get_image_features", "get_video_features", "_expand_inputs_for_generation")  # the tap's wrappers
+TAP_WRAPPED = (  # the tap's wrappers
+    "get_image_features",
+    "get_video_features",
+    "_expand_inputs_for_generation",
+    "prepare_inputs_for_generation",
+)
 
 CASES: list[FamilyCase] = [
     llava_case(),
@@ -122,7 +127,9 @@ def reference_hidden_states(model, inputs, sequences, case: FamilyCase) -> torch
         kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
     with torch.no_grad():
         out = model(input_ids=sequences, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
-    return out.hidden_states[-1]
+    # BLIP-2 and kin return the language model's own output inside theirs
+    hidden_states = getattr(out, "hidden_states", None) or out.language_model_outputs.hidden_states
+    return hidden_states[-1]
 
 
 def reference_relevancy(model, head, inputs, sequences, layouts, case: FamilyCase) -> list[torch.Tensor]:
