@@ -8,6 +8,7 @@ from .generic import PlaceholderAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
+from .kosmos2 import KOSMOS_FAMILIES, KosmosAdapter
 from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
@@ -44,8 +45,10 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
-# --- qformer: families whose own generate() writes the images into inputs_embeds
+# --- qformer: BLIP-2 kin (own generate() writes the images into inputs_embeds), Kosmos-2 (a position mask)
 register_architecture(QFormerAdapter())
+for _instance in KOSMOS_FAMILIES:
+    register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
@@ -55,6 +58,7 @@ __all__ = [
     "HunYuanVLAdapter",
     "Idefics3Adapter",
     "InternVLAdapter",
+    "KosmosAdapter",
     "Llama4Adapter",
     "LlavaAdapter",
     "LlavaNextAdapter",

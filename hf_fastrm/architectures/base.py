@@ -146,6 +146,19 @@ class ArchitectureAdapter:
         Qwen2-VL and kin: a ``get_rope_index`` method), so a teacher-forced forward must not pass its own."""
         return any(hasattr(module, "get_rope_index") for module in (model, getattr(model, "model", None)) if module)
 
+    def decoding_position_ids(
+        self, model: nn.Module, input_ids: torch.Tensor, prompt_length: int
+    ) -> torch.Tensor | None:
+        """`(batch, seq)`: position ids under which ONE forward over prompt and generated tokens (`input_ids`)
+        reproduces the states `generate()` computed, for a family whose decoding positions differ from what its
+        forward derives over a whole sequence (Kosmos-2 decodes left-padded rows at cache length + 1). `None` (the
+        default): the usual rule (`generate()`'s positions from the attention mask, or the model's own)."""
+        return None
+
+    per_token_inputs: tuple[str, ...] = ()
+    """Prompt-length processor outputs besides ``*token_type_ids`` that a teacher-forced forward over prompt and
+    generated tokens must extend (with [`generated_token_types`] values): Kosmos-2's ``image_embeds_position_mask``."""
+
     def generated_token_types(self, key: str, value: torch.Tensor, new_tokens: int) -> torch.Tensor:
         """`(..., new_tokens)`: the values a per-token prompt tensor (``token_type_ids``, ``mm_token_type_ids``)
         takes on generated tokens, when the model has no generation rule of its own: 0, text."""

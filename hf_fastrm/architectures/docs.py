@@ -102,8 +102,6 @@ NOT_DONE: dict[str, str] = {
     "t5gemma2": "encoder-decoder: images in the encoder (route as Florence-2, not written)",
     "vision-encoder-decoder": "generic encoder-decoder: images only in the encoder",
     "pp_formulanet": "encoder-decoder",
-    "kosmos-2": "images written through `image_embeds_position_mask`, no placeholder id in the config (not written)",
-    "kosmos-2.5": "as Kosmos-2, plus flattened patches",
     "git": "image features prepended to the text embeddings without placeholder tokens (not written)",
     "idefics": "cross-attention to perceiver latents (IDEFICS 1)",
     "chameleon": "images are VQ codes: the image tokens are ordinary vocabulary ids in the prompt (not written)",

@@ -143,7 +143,10 @@ def forced_sequence(
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, steps - 1)], dim=1)
     forward_kwargs = dict(extend_per_token_inputs(model, extra, prompt_length, steps - 1))
     parameters = inspect.signature(model.forward).parameters
-    if "position_ids" in parameters and not adapter.computes_own_positions(model):
+    decoding_positions = adapter.decoding_position_ids(model, ids, prompt_length)
+    if "position_ids" in parameters and decoding_positions is not None:
+        forward_kwargs["position_ids"] = decoding_positions
+    elif "position_ids" in parameters and not adapter.computes_own_positions(model):
         forward_kwargs["position_ids"] = generation_position_ids(mask)
     if "logits_to_keep" in parameters:
         forward_kwargs["logits_to_keep"] = steps

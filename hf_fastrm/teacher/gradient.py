@@ -433,6 +433,13 @@ def extend_per_token_inputs(
         for key, value in extra.items()
         if key.endswith("token_type_ids") and isinstance(value, torch.Tensor) and value.shape[-1] == prompt_length
     }
+    adapter = get_adapter(model)
+    marks = {  # the family's own per-token inputs (a mask of image positions): generated tokens are not images
+        key: torch.cat([value, adapter.generated_token_types(key, value, new_tokens)], dim=-1)
+        for key, value in extra.items()
+        if key in adapter.per_token_inputs and isinstance(value, torch.Tensor) and value.shape[-1] == prompt_length
+    }
+    extra = {**extra, **marks}
     if not per_token or new_tokens == 0:
         return extra
     update = getattr(model, "_update_model_kwargs_for_generation", None)
@@ -443,7 +450,7 @@ def extend_per_token_inputs(
     except (AttributeError, KeyError, TypeError):  # no (usable) rule: generate()'s generic one
         extended = dict(per_token)
         for key, value in per_token.items():
-            tail = get_adapter(model).generated_token_types(key, value, new_tokens)
+            tail = adapter.generated_token_types(key, value, new_tokens)
             extended[key] = torch.cat([value, tail], dim=-1)
     return {**extra, **{key: extended[key] for key in per_token}}
 

@@ -55,6 +55,8 @@ class FamilyCase:
         notes: what the case covers.
         new_token_type: the `token_type_ids` value of generated tokens in the reference forward (PaliGemma: 1,
             the suffix; elsewhere 0, text).
+        image_mask_input: the processor output that marks the image tokens with 1 (Kosmos-2's
+            ``image_embeds_position_mask``), for a family without placeholder ids; `None`: the placeholder ids do.
     """
 
     name: str
@@ -65,6 +67,7 @@ class FamilyCase:
     slow: bool = False
     notes: str = ""
     new_token_type: int = 0
+    image_mask_input: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -105,6 +105,10 @@ class TableEntry:
         notes: one line for docs/supported-models.md.
         media: ``"image"``, or ``"video"`` for a family whose only media placeholder is a video token (its pixel
             inputs are then videos, counted by ``get_video_features``, and its grids labelled ``"video i"``).
+        image_mask_input: for a family without placeholder ids (Kosmos-2), the input that marks image tokens with 1:
+            the prompt gets ordinary ids there (as its processor writes) and this mask.
+        images_per_row: images in the first and the second prompt row ((1, 1) for processors that take one image
+            per prompt).
     """
 
     model_type: str
@@ -123,6 +127,8 @@ class TableEntry:
     notes: str = ""
     variant: str = ""
     media: str = "image"
+    image_mask_input: str | None = None
+    images_per_row: tuple[int, int] = (1, 2)
 
     @property
     def name(self) -> str:
@@ -211,7 +217,8 @@ def _features_per_image(output: Any, num_images: int) -> list[int]:
 
 
 def pixel_inputs(entry: TableEntry, config: Any) -> tuple[dict[str, torch.Tensor], int]:
-    """The three images' pixel inputs as the vision tower expects them, and their count."""
+    """The images' pixel inputs as the vision tower expects them (`sum(entry.images_per_row)` images, or one per
+    `entry.thw` row), and their count."""
     vision = config.vision_config
     generator = torch.Generator().manual_seed(0)
     channels = getattr(vision, "num_channels", None) or getattr(vision, "in_channels", None) or 3
@@ -226,12 +233,13 @@ def pixel_inputs(entry: TableEntry, config: Any) -> tuple[dict[str, torch.Tensor
         return {"pixel_values": pixel_values, "image_grid_thw": torch.tensor(entry.thw)}, len(entry.thw)
     size = entry.image_size or vision.image_size
     size = size if isinstance(size, int) else size[0]
-    pixel_values = torch.randn(3, channels, size, size, generator=generator)
+    count = sum(entry.images_per_row)
+    pixel_values = torch.randn(count, channels, size, size, generator=generator)
     if entry.pixels == "sizes":  # Pixtral-style towers: one image size per image
-        return {"pixel_values": pixel_values, "image_sizes": torch.tensor([[size, size]] * 3)}, 3
+        return {"pixel_values": pixel_values, "image_sizes": torch.tensor([[size, size]] * count)}, count
     if entry.pixels == "5d":  # (batch, images, channels, height, width), Idefics2-style
-        return {"pixel_values": pixel_values.unsqueeze(1)}, 3
-    return {"pixel_values": pixel_values}, 3
+        return {"pixel_values": pixel_values.unsqueeze(1)}, count
+    return {"pixel_values": pixel_values}, count
 
 
 def pixel_kind(entry: TableEntry, config: Any) -> str:
@@ -269,21 +277,23 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
     with torch.no_grad():
         counts = _features_per_image(encode(**pixels), num_images)
-    image_id = config_id(config, (f"{entry.media}_token_id", f"{entry.media}_token_index"))
-    words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
-    rows = [
-        [BOS, *words[:2], *[image_id] * counts[0], *words[2:5]],
-        [BOS, *[image_id] * counts[1], *words[5:7], *[image_id] * counts[2], *words[7:8]],
-    ]
+    rows, marks = prompt_rows(entry, config, counts)
     inputs = left_pad(rows) | pixels
+    padded = left_pad(marks)
+    image_marks = padded["input_ids"] * padded["attention_mask"]  # 1 on image tokens, 0 on padding
+    if entry.image_mask_input is not None:
+        inputs[entry.image_mask_input] = image_marks
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:  # 1 on image tokens, as processors write
-        inputs["mm_token_type_ids"] = (inputs["input_ids"] == image_id).long()
+        inputs["mm_token_type_ids"] = image_marks
     if entry.extra_inputs is not None:
         inputs |= entry.extra_inputs(model, inputs)
     finish_table_model(model, entry.name, remap)
-    shapes = processor_shapes or [grid_shape(entry, config, counts[i], i) for i in range(3)]
-    kind = entry.media
-    expected = [[(f"{kind} 0", shapes[0])], [(f"{kind} 0", shapes[1]), (f"{kind} 1", shapes[2])]]
+    shapes = processor_shapes or [grid_shape(entry, config, counts[i], i) for i in range(num_images)]
+    kind, first = entry.media, entry.images_per_row[0]
+    expected = [
+        [(f"{kind} {i}", shapes[i]) for i in range(first)],
+        [(f"{kind} {i}", shapes[first + i]) for i in range(entry.images_per_row[1])],
+    ]
     return model, inputs, expected
 
 
@@ -337,13 +347,49 @@ def table_case(entry: TableEntry) -> FamilyCase:
         return model, inputs
 
     case = FamilyCase(
-        entry.name, build, expected, mrope=entry.mrope, teacher_issue=entry.teacher_issue, slow=entry.slow
+        entry.name,
+        build,
+        expected,
+        mrope=entry.mrope,
+        teacher_issue=entry.teacher_issue,
+        slow=entry.slow,
+        image_mask_input=entry.image_mask_input,
     )
     case.notes = entry.notes
     return case
 
 
 # --- qformer: shared helpers
+def prompt_rows(entry: TableEntry, config: Any, counts: list[int]) -> tuple[list[list[int]], list[list[int]]]:
+    """Two prompt rows (`entry.images_per_row` images each, `counts[i]` tokens for image i, words around them) and,
+    per row, 1 on the image tokens. Image tokens are the placeholder id, or, with `entry.image_mask_input`, the
+    ordinary ids 4, 5, ... the Kosmos-2 processor writes (the mask alone says where the image is)."""
+    words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
+    if entry.image_mask_input is None:
+        image_id = config_id(config, (f"{entry.media}_token_id", f"{entry.media}_token_index"))
+    first, second = entry.images_per_row
+    layout = [  # per row: words and images (as image indices) in order
+        [words[:2], 0, words[2:5]] if first == 1 else [words[:2], 0, words[2:3], 1, words[3:5]],
+        [first, words[5:7], first + 1, words[7:8]] if second == 2 else [words[5:6], first, words[6:8]],
+    ]
+    rows, marks = [], []
+    for pieces in layout:
+        row, mark = [BOS], [0]
+        for piece in pieces:
+            if isinstance(piece, int):
+                ids = (
+                    [image_id] * counts[piece] if entry.image_mask_input is None else list(range(4, 4 + counts[piece]))
+                )
+                row += ids
+                mark += [1] * len(ids)
+            else:
+                row += piece
+                mark += [0] * len(piece)
+        rows.append(row)
+        marks.append(mark)
+    return rows, marks
+
+
 def media_encoder(model: torch.nn.Module, media: str = "image") -> Callable[..., Any]:
     """The model's ``get_image_features`` (``get_video_features`` for ``media="video"``): on its base model
     (``model.model``) where it has one, else on the model itself (BLIP-2 and kin keep no base model)."""
@@ -376,6 +422,26 @@ QFORMER = {
     "text_config.ffn_dim": 37,
     "text_config.word_embed_proj_dim": 32,
 }
+
+
+KOSMOS = {
+    "latent_query_num": 4,
+    "text_config.layers": 2,
+    "text_config.attention_heads": 4,
+    "text_config.ffn_dim": 37,
+}
+
+
+def kosmos2_5_patches(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Kosmos-2.5's `flattened_patches` as its image processor lays them out: per image (row, column) indices from 1
+    and the patch's pixels, `(images, patches, 2 + patch_embed_hidden_size)`; 4x4 patches for each of 2 images. The
+    latents are one 1-D grid of `latent_query_num` tokens each."""
+    width = config.vision_config.patch_embed_hidden_size
+    rows, cols = torch.meshgrid(torch.arange(1, 5), torch.arange(1, 5), indexing="ij")
+    index = torch.stack([rows.flatten(), cols.flatten()], dim=-1).float()
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.stack([torch.cat([index, torch.randn(16, width, generator=generator)], -1) for _ in range(2)])
+    return {"flattened_patches": patches}, [(config.latent_query_num,)] * 2
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -561,6 +627,22 @@ TABLE: list[TableEntry] = [
         # forward passes none: OPT derives the same positions from the attention mask
         mrope=True,
         notes="OPT decoder; 2 frames x 4 queries a video",
+    ),
+    TableEntry(
+        "kosmos-2",
+        overrides=KOSMOS,
+        image_mask_input="image_embeds_position_mask",
+        images_per_row=(1, 1),
+        grid=None,
+        notes="image tokens marked by image_embeds_position_mask; one image a row, as its processor writes",
+    ),
+    TableEntry(
+        "kosmos-2.5",
+        overrides={**KOSMOS, "vision_config.patch_embed_hidden_size": 12, "vision_config.max_num_patches": 64},
+        pixels=kosmos2_5_patches,
+        image_mask_input="image_embeds_position_mask",
+        images_per_row=(1, 1),
+        notes="flattened patches; image tokens marked by image_embeds_position_mask",
     ),
 ]
 

@@ -123,7 +123,10 @@ def reference_hidden_states(model, inputs, sequences, case: FamilyCase) -> torch
             fill = case.new_token_type if key == "token_type_ids" else 0
             value = torch.cat([value, value.new_full((value.shape[0], num_new, *value.shape[2:]), fill)], dim=1)
         kwargs[key] = value
-    if not case.mrope:  # the positions generate() uses for left-padded rows
+    decoding_positions = get_adapter(model).decoding_position_ids(model, sequences, prompt_length)
+    if decoding_positions is not None:  # the family decodes at other positions than a full forward derives
+        kwargs["position_ids"] = decoding_positions
+    elif not case.mrope:  # the positions generate() uses for left-padded rows
         kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
     with torch.no_grad():
         out = model(input_ids=sequences, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
@@ -144,6 +147,14 @@ def reference_relevancy(model, head, inputs, sequences, layouts, case: FamilyCas
             image_states = last[row, layout.image_positions]
             maps.append(head(token_states.unsqueeze(0), image_states.unsqueeze(0))[0])
     return maps
+
+
+def image_token_marks(case: FamilyCase, config, inputs: dict, input_ids: torch.Tensor) -> torch.Tensor:
+    """`(rows, prompt_length)` bool: the prompt's image tokens as the processor marked them (placeholder ids, or the
+    case's mask input, e.g. Kosmos-2's ``image_embeds_position_mask``), for rows of the same prompts."""
+    if case.image_mask_input is not None:
+        return inputs[case.image_mask_input][:, : input_ids.shape[1]].bool()
+    return torch.isin(input_ids, torch.tensor(sorted(image_token_ids(config)), dtype=input_ids.dtype))
 
 
 def image_token_ids(config) -> set[int]:
@@ -167,9 +178,9 @@ def test_layout_matches_the_processor(name):
         for lay in layouts
     ]
     assert got == case.expected_grids
-    allowed = torch.tensor(sorted(image_token_ids(model.config)))
+    marks = image_token_marks(case, model.config, inputs, inputs["input_ids"])
     for row, layout in enumerate(layouts):
-        assert bool(torch.isin(inputs["input_ids"][row, layout.image_positions], allowed).all())
+        assert bool(marks[row, layout.image_positions].all())
         cells = torch.cat([grid.flatten() for grid in layout.image_grids])
         cells = cells[cells >= 0]
         assert cells.unique().numel() == cells.numel(), "a token sits in two grid cells"
