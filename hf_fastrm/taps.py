@@ -287,7 +287,8 @@ class HiddenStateTap:
         if self.gather_text:
             from .text_tokens import text_token_index
 
-            self._text_index = text_token_index(self.prompt_length, layouts, kwargs.get("attention_mask"))
+            prefix = self.adapter.sequence_prefix(self.model.config, {**encoder_kwargs, **kwargs})
+            self._text_index = text_token_index(self.prompt_length, layouts, kwargs.get("attention_mask"), prefix)
         self._pending_prefill = True
 
     def _layouts(

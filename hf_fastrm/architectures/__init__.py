@@ -5,6 +5,7 @@ from .base import ArchitectureAdapter, RowImageLayout
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
+from .git import GitAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter
@@ -45,9 +46,9 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
-# --- qformer: BLIP-2 kin (own generate() writes the images into inputs_embeds), Kosmos-2 (a position mask)
+# --- qformer: BLIP-2 kin (own generate() writes the images into inputs_embeds), Kosmos-2 (a position mask), GIT (a prepended image)
 register_architecture(QFormerAdapter())
-for _instance in KOSMOS_FAMILIES:
+for _instance in (*KOSMOS_FAMILIES, GitAdapter()):
     register_architecture(_instance)
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "AyaVisionAdapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
+    "GitAdapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
     "InternVLAdapter",

@@ -155,6 +155,17 @@ class ArchitectureAdapter:
         default): the usual rule (`generate()`'s positions from the attention mask, or the model's own)."""
         return None
 
+    def sequence_prefix(self, config: Any, model_kwargs: dict[str, Any]) -> int:
+        """How many positions the model puts in front of ``input_ids`` in the decoder's sequence (GIT prepends its
+        image features; 0, the default, for every family that writes them over tokens of the prompt). Layout
+        positions are positions of the decoder's sequence; prompt token ``i`` sits at ``prefix + i``.
+
+        Args:
+            config: the model's `PretrainedConfig`.
+            model_kwargs: the processor outputs the forward receives (`pixel_values`, ...).
+        """
+        return 0
+
     per_token_inputs: tuple[str, ...] = ()
     """Prompt-length processor outputs besides ``*token_type_ids`` that a teacher-forced forward over prompt and
     generated tokens must extend (with [`generated_token_types`] values): Kosmos-2's ``image_embeds_position_mask``."""

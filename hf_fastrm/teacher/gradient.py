@@ -205,12 +205,12 @@ def gradient_relevancy(
     )  # rows: (batch, steps, length)
     result = forced.result(rows, "gradient")
     output = TeacherOutput(result=result, layers=selected, target=target)
-    num_new, length = forced.new_tokens.shape[1], forced.input_ids.shape[1]
+    num_new, length, prefix = forced.new_tokens.shape[1], forced.input_ids.shape[1], forced.prefix
 
     if return_text_relevancy:
         seq_len = sequences.shape[1]
         text = torch.full((batch, num_new, seq_len), math.nan, dtype=rows.dtype, device=rows.device)
-        text[:, :steps, :length] = rows
+        text[:, :steps, :length] = rows[..., prefix:]  # positions of `sequences` (a prefix holds no token of it)
         position = torch.arange(seq_len, device=rows.device)
         visible = position.view(1, 1, -1) <= (prompt_length - 1 + torch.arange(num_new, device=rows.device)).view(
             1, -1, 1
@@ -219,7 +219,8 @@ def gradient_relevancy(
         valid = torch.cat([prompt_mask, prompt_mask.new_ones(batch, seq_len - prompt_length)], dim=1)
         valid = valid.to(rows.device)
         for row, layout in enumerate(layouts):
-            valid[row, layout.image_positions.to(rows.device)] = False
+            in_sequence = layout.image_positions - prefix
+            valid[row, in_sequence[in_sequence >= 0].to(rows.device)] = False
         keep = visible & valid.unsqueeze(1) & result.token_mask.unsqueeze(-1)
         output.text_relevancy = text.masked_fill(~keep, math.nan)
 
@@ -233,7 +234,9 @@ def gradient_relevancy(
         output.token_hidden_states = token_states
         from ..text_tokens import gather_positions, text_token_index
 
-        text_index, text_mask = text_token_index(prompt_length, layouts, forced.attention_mask[:, :prompt_length])
+        text_index, text_mask = text_token_index(
+            prompt_length, layouts, forced.attention_mask[:, :prompt_length], prefix=prefix
+        )
         output.text_hidden_states = gather_positions(hidden, text_index, text_mask)
         output.text_token_mask = text_mask.to(hidden.device)
     return output
@@ -276,7 +279,7 @@ def _relevancy_rows(
     """Row ``p`` of ``R`` for every token of the forced sequence (a `hf_fastrm.methods.forward.ForcedSequence`):
     `(batch, steps, length)`; and the final-norm output `(batch, length, hidden)` when `keep_hidden`."""
     model, adapter = forced.model, forced.adapter
-    batch, length = forced.input_ids.shape
+    batch, length = forced.input_ids.shape[0], forced.sequence_length
     steps = forced.steps
     chosen_tokens = forced.new_tokens[:, :steps]
     chosen_positions = forced.chosen_positions

@@ -109,6 +109,8 @@ class TableEntry:
             the prompt gets ordinary ids there (as its processor writes) and this mask.
         images_per_row: images in the first and the second prompt row ((1, 1) for processors that take one image
             per prompt).
+        prepended: the model puts the images in front of the prompt (GIT): the prompt holds no image token, and
+            `pixels` (a callable) gives the grids.
     """
 
     model_type: str
@@ -129,6 +131,7 @@ class TableEntry:
     media: str = "image"
     image_mask_input: str | None = None
     images_per_row: tuple[int, int] = (1, 2)
+    prepended: bool = False
 
     @property
     def name(self) -> str:
@@ -272,11 +275,14 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         processor_shapes = None
     if entry.extra_pixels is not None:
         pixels |= entry.extra_pixels(config, pixels)
-    encode = media_encoder(model, entry.media)
-    if "image_merge_sizes" in inspect.signature(encode).parameters:  # VideoLLaMA3
-        pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
-    with torch.no_grad():
-        counts = _features_per_image(encode(**pixels), num_images)
+    if entry.prepended:
+        counts = [0] * num_images  # no token of the prompt holds the image
+    else:
+        encode = media_encoder(model, entry.media)
+        if "image_merge_sizes" in inspect.signature(encode).parameters:  # VideoLLaMA3
+            pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
+        with torch.no_grad():
+            counts = _features_per_image(encode(**pixels), num_images)
     rows, marks = prompt_rows(entry, config, counts)
     inputs = left_pad(rows) | pixels
     padded = left_pad(marks)
@@ -365,7 +371,8 @@ def prompt_rows(entry: TableEntry, config: Any, counts: list[int]) -> tuple[list
     per row, 1 on the image tokens. Image tokens are the placeholder id, or, with `entry.image_mask_input`, the
     ordinary ids 4, 5, ... the Kosmos-2 processor writes (the mask alone says where the image is)."""
     words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
-    if entry.image_mask_input is None:
+    image_id = -1  # no placeholder: the prompt holds ordinary ids (Kosmos-2) or no image token (GIT)
+    if entry.image_mask_input is None and not entry.prepended:
         image_id = config_id(config, (f"{entry.media}_token_id", f"{entry.media}_token_index"))
     first, second = entry.images_per_row
     layout = [  # per row: words and images (as image indices) in order
@@ -442,6 +449,14 @@ def kosmos2_5_patches(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]
     generator = torch.Generator().manual_seed(0)
     patches = torch.stack([torch.cat([index, torch.randn(16, width, generator=generator)], -1) for _ in range(2)])
     return {"flattened_patches": patches}, [(config.latent_query_num,)] * 2
+
+
+def git_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """GIT's `pixel_values`, one image per prompt row; each image is prepended as its CLS token and an
+    `(image_size / patch_size)` square of patches."""
+    size, patch = config.vision_config.image_size, config.vision_config.patch_size
+    pixel_values = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return {"pixel_values": pixel_values}, [(size // patch, size // patch)] * 2
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -644,6 +659,15 @@ TABLE: list[TableEntry] = [
         images_per_row=(1, 1),
         notes="flattened patches; image tokens marked by image_embeds_position_mask",
     ),
+    TableEntry(
+        "git",
+        pixels=git_pixels,
+        prepended=True,
+        images_per_row=(1, 1),
+        teacher_issue="GitSelfAttention computes its softmax inline, not through AttentionInterface: the teacher "
+        "cannot record the text attention",
+        notes="image features prepended to the text (not in input_ids): CLS + 4x4 patches",
+    ),
 ]
 
 
@@ -667,6 +691,15 @@ LOCALITY_UNCHECKED = {
     "aria": "1-D learned queries: every query attends to the whole image, there is no locality to check",
 }
 """Table cases the locality test marks as expected failures, with why."""
+# --- qformer
+LOCALITY_UNCHECKED |= {
+    name: "1-D learned queries (Q-Former / Kosmos latents): every query attends to the whole image, there is no "
+    "locality to check"
+    for name in ("blip-2", "instructblip", "instructblipvideo", "kosmos-2", "kosmos-2.5")
+} | {
+    "git": "not adapted: the probe differentiates image tokens' input embeddings at prompt positions, and GIT's image "
+    "tokens are prepended to the decoder's sequence (none is in input_ids)",
+}
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
 

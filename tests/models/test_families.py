@@ -140,21 +140,31 @@ def reference_relevancy(model, head, inputs, sequences, layouts, case: FamilyCas
     last = reference_hidden_states(model, inputs, sequences, case)
     prompt_length = inputs["input_ids"].shape[1]
     num_new = sequences.shape[1] - prompt_length
+    prompt_end = sequence_prefix(model, inputs) + prompt_length  # in the decoder's sequence
     maps = []
     with torch.no_grad():
         for row, layout in enumerate(layouts):
-            token_states = last[row, prompt_length - 1 : prompt_length - 1 + num_new]
+            token_states = last[row, prompt_end - 1 : prompt_end - 1 + num_new]
             image_states = last[row, layout.image_positions]
             maps.append(head(token_states.unsqueeze(0), image_states.unsqueeze(0))[0])
     return maps
 
 
+def sequence_prefix(model, inputs: dict) -> int:
+    """Positions the model puts before `input_ids` in the decoder's sequence (GIT's image; 0 elsewhere)."""
+    return get_adapter(model).sequence_prefix(model.config, inputs)
+
+
 def image_token_marks(case: FamilyCase, config, inputs: dict, input_ids: torch.Tensor) -> torch.Tensor:
-    """`(rows, prompt_length)` bool: the prompt's image tokens as the processor marked them (placeholder ids, or the
-    case's mask input, e.g. Kosmos-2's ``image_embeds_position_mask``), for rows of the same prompts."""
+    """`(rows, prefix + prompt_length)` bool over the decoder's sequence: the image tokens as the processor marked
+    them (placeholder ids, or the case's mask input, e.g. Kosmos-2's ``image_embeds_position_mask``), after a
+    prefix of prepended image features (GIT), for rows of the same prompts."""
     if case.image_mask_input is not None:
-        return inputs[case.image_mask_input][:, : input_ids.shape[1]].bool()
-    return torch.isin(input_ids, torch.tensor(sorted(image_token_ids(config)), dtype=input_ids.dtype))
+        marks = inputs[case.image_mask_input][:, : input_ids.shape[1]].bool()
+    else:
+        marks = torch.isin(input_ids, torch.tensor(sorted(image_token_ids(config)), dtype=input_ids.dtype))
+    prefix = get_adapter(config).sequence_prefix(config, inputs)
+    return torch.cat([marks.new_ones(marks.shape[0], prefix), marks], dim=1)
 
 
 def image_token_ids(config) -> set[int]:
@@ -266,7 +276,7 @@ def test_teacher_runs_on_the_same_grids_and_tokens(name):
     torch.testing.assert_close(result.relevancy, one_block, rtol=1e-5, atol=1e-6, equal_nan=True)
 
     last = reference_hidden_states(model, inputs, out.sequences, case)
-    prompt_length = inputs["input_ids"].shape[1]
+    prompt_length = sequence_prefix(model, inputs) + inputs["input_ids"].shape[1]  # in the decoder's sequence
     for row, layout in enumerate(out.image_layouts):
         n = layout.num_image_tokens
         torch.testing.assert_close(
