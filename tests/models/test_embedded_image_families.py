@@ -69,3 +69,16 @@ def test_text_index_counts_the_prepended_image():
     index, keep = text_token_index(3, layouts, mask, prefix=17)
     assert index[0].tolist() == [17, 18, 19] and keep[0].all()
     assert index[1, :2].tolist() == [18, 19] and keep[1].tolist() == [True, True, False]
+
+
+def test_prompt_as_embeddings_only_is_still_refused():
+    """The embedded-prompt route needs the prompt's ids from generate(); embeddings alone cannot say where the image
+    tokens are (LLaVA given `inputs_embeds` and no `input_ids`)."""
+    from hf_fastrm import FastRMWrapper
+
+    model, inputs, head = built("llava")
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    with pytest.raises(ValueError, match="needs `input_ids`"):
+        FastRMWrapper(model, head).generate(
+            inputs_embeds=embeds, attention_mask=inputs["attention_mask"], max_new_tokens=2, return_relevancy=True
+        )
