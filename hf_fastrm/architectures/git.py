@@ -36,7 +36,10 @@ class GitAdapter(ArchitectureAdapter):
         "no: GIT's text self-attention (`GitSelfAttention`) computes its softmax inline, not through transformers' "
         "AttentionInterface, so the teacher cannot record it; FastRM is unaffected"
     )
-    tested_configs = ("git: CLIP tower 64 px / patch 16, 17 prepended tokens an image; one image a row",)
+    tested_configs = (
+        "git: CLIP tower 64 px / patch 16, 17 prepended tokens an image; one image a row",
+        "git-video: 2 frames (`num_image_with_embedding`), 2 x 17 prepended tokens a video (slow tests)",
+    )
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return model.git.encoder

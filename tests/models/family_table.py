@@ -453,10 +453,14 @@ def kosmos2_5_patches(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]
 
 def git_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     """GIT's `pixel_values`, one image per prompt row; each image is prepended as its CLS token and an
-    `(image_size / patch_size)` square of patches."""
+    `(image_size / patch_size)` square of patches. With ``num_image_with_embedding`` frames, a video per row
+    `(rows, frames, channels, size, size)`, prepended frame by frame: one `(frames, side, side)` grid."""
     size, patch = config.vision_config.image_size, config.vision_config.patch_size
-    pixel_values = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return {"pixel_values": pixel_values}, [(size // patch, size // patch)] * 2
+    frames = config.num_image_with_embedding
+    shape = (2, 3, size, size) if frames is None else (2, frames, 3, size, size)
+    pixel_values = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    grid = (size // patch, size // patch) if frames is None else (frames, size // patch, size // patch)
+    return {"pixel_values": pixel_values}, [grid] * 2
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -667,6 +671,18 @@ TABLE: list[TableEntry] = [
         teacher_issue="GitSelfAttention computes its softmax inline, not through AttentionInterface: the teacher "
         "cannot record the text attention",
         notes="image features prepended to the text (not in input_ids): CLS + 4x4 patches",
+    ),
+    TableEntry(
+        "git",
+        variant="video",
+        overrides={"num_image_with_embedding": 2},
+        pixels=git_pixels,
+        prepended=True,
+        media="video",
+        images_per_row=(1, 1),
+        teacher_issue="GitSelfAttention computes its softmax inline, not through AttentionInterface",
+        slow=True,
+        notes="2 frames prepended frame by frame",
     ),
 ]
 
