@@ -2,9 +2,11 @@
 
 Never ``output_hidden_states=True``: that keeps every layer of every step. Two hooks do the job:
 
-* a forward pre-hook on the top-level model sees each call's ``input_ids`` (and processor outputs such as
-  ``image_grid_thw``); a call with more than one new token is a prefill, whose image layout the family adapter
-  computes;
+* a forward pre-hook on the top-level model (or the module the family's own `generate()` hands generation to, the
+  adapter's `generation_module`: BLIP-2's language model) sees each call's ``input_ids`` (and processor outputs
+  such as ``image_grid_thw``); a call with more than one new token is a prefill, whose image layout the family
+  adapter computes. A prefill fed ``inputs_embeds`` only takes the prompt's ids from ``prepare_inputs_for_generation``
+  (wrapped like the encoders below);
 * a forward hook on the language model's final norm (what ``lm_head`` reads) keeps the newest position's state
   and, at prefill, the image tokens' states, which it turns into the head's keys at once.
 
@@ -79,6 +81,7 @@ class HiddenStateTap:
         self._expand_size: int | None = None
         self._encoder_prompt: dict[str, Any] | None = None
         self._read_image_states: Any = None
+        self._embedded_prompt_ids: torch.Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -116,7 +119,8 @@ class HiddenStateTap:
         norm = self.adapter.final_norm(self.model)
         source = self.adapter.image_state_source(self.model)
         try:
-            self._handles.append(self.model.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
+            generator = self.adapter.generation_module(self.model)
+            self._handles.append(generator.register_forward_pre_hook(self._pre_hook, with_kwargs=True))
             if source is not None:
                 module, self._read_image_states = source
                 self._handles.append(module.register_forward_pre_hook(self._image_state_hook, with_kwargs=True))
@@ -143,9 +147,11 @@ class HiddenStateTap:
         self._encoder_kwargs = {}
         self._expand_size = None
         self._encoder_prompt = None
+        self._embedded_prompt_ids = None
 
     _ENCODER_METHODS = ("get_image_features", "get_video_features")
     _EXPAND_METHOD = "_expand_inputs_for_generation"
+    _PREPARE_METHOD = "prepare_inputs_for_generation"
     _ENCODE_PROMPT_METHOD = "_maybe_prepare_encoder_kwargs_for_generation"
 
     def _wrap_encoders(self) -> None:
@@ -153,7 +159,9 @@ class HiddenStateTap:
         for owner in owners.values():
             for name in self._ENCODER_METHODS:
                 self._wrap(owner, name, functools.partial(self._recording, needed=self._encoder_inputs(name)))
-        self._wrap(self.model, self._EXPAND_METHOD, self._recording_expansion)
+        generator = self.adapter.generation_module(self.model)
+        self._wrap(generator, self._EXPAND_METHOD, self._recording_expansion)
+        self._wrap(generator, self._PREPARE_METHOD, self._recording_embedded_prompt)
         if self.adapter.is_encoder_decoder:
             self._wrap(self.model, self._ENCODE_PROMPT_METHOD, self._recording_encoder_prompt)
         for name, make_wrapper in self.adapter.method_wrappers(self.model).items():
@@ -197,6 +205,29 @@ class HiddenStateTap:
                 expand_size = kwargs.get("expand_size", args[0] if args else 1)
                 self._expand_size = int(expand_size) if isinstance(expand_size, int) else None
             return original(*args, **kwargs)
+
+        recording._fastrm_active = True
+        return recording
+
+    def _recording_embedded_prompt(self, original: Callable) -> Callable:
+        """Wraps `generate()`'s `prepare_inputs_for_generation`: when the first step feeds ``inputs_embeds`` (images
+        already written into them, as BLIP-2's own generate() does) and no ``input_ids``, records the prompt's ids,
+        `(rows, seq)`, which the step's forward does not receive but the layout needs."""
+
+        @functools.wraps(original)
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            model_inputs = original(*args, **kwargs)
+            if recording._fastrm_active and isinstance(model_inputs, dict):
+                input_ids = kwargs.get("input_ids", args[0] if args else None)
+                embeds = model_inputs.get("inputs_embeds")
+                if (
+                    model_inputs.get("input_ids") is None
+                    and isinstance(embeds, torch.Tensor)
+                    and isinstance(input_ids, torch.Tensor)
+                    and input_ids.shape[:2] == embeds.shape[:2]
+                ):
+                    self._embedded_prompt_ids = input_ids
+            return model_inputs
 
         recording._fastrm_active = True
         return recording
@@ -260,8 +291,20 @@ class HiddenStateTap:
             self._read_encoder_decoder_prefill(kwargs)
             return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embedded_ids, self._embedded_prompt_ids = self._embedded_prompt_ids, None
+        embeds = kwargs.get("inputs_embeds")
+        from_embeddings = (
+            input_ids is None
+            and embedded_ids is not None
+            and embeds is not None
+            and embedded_ids.shape[:2] == embeds.shape[:2]
+        )
+        if from_embeddings:
+            # generate() feeds the prompt as embeddings (the model's own generate() wrote the images into them):
+            # the prompt's ids, recorded as this step's inputs were prepared, say where the image tokens are
+            input_ids = embedded_ids
         if input_ids is None:
-            if kwargs.get("inputs_embeds") is not None and self.layouts is None:
+            if embeds is not None and self.layouts is None:
                 raise ValueError(
                     "FastRM needs `input_ids` to find the image tokens, but generate() was called with "
                     "`inputs_embeds` only. Pass the processor's `input_ids` (and pixel values) instead."
@@ -275,14 +318,16 @@ class HiddenStateTap:
         # a None the forward was handed means "not passed" (MiniCPM-V's and Inkling's prepare_inputs_for_generation
         # hand on `pixel_values=None` after generate() encoded and dropped them): it must not hide what the encoder got
         kwargs = {key: value for key, value in kwargs.items() if value is not None}
-        self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
+        if not from_embeddings:  # embeddings already hold the images: nothing is left to check here
+            self.adapter.check_required_inputs(self.model.config, input_ids, {**encoder_kwargs, **kwargs})
         layouts = self._layouts(input_ids, kwargs, encoder_kwargs, expand_size)
         expanded = expand_size is not None and expand_size > 1 and _is_expansion(input_ids, expand_size)
         self._start_prefill(layouts, input_ids, kwargs, shared_rows=expand_size if expanded else 1)
         if self.gather_text:
             from .text_tokens import text_token_index
 
-            self._text_index = text_token_index(self.prompt_length, layouts, kwargs.get("attention_mask"))
+            prefix = self.adapter.sequence_prefix(self.model.config, {**encoder_kwargs, **kwargs})
+            self._text_index = text_token_index(self.prompt_length, layouts, kwargs.get("attention_mask"), prefix)
 
     def _start_prefill(
         self, layouts: list[RowImageLayout], prompt_ids: torch.Tensor, kwargs: dict[str, Any], shared_rows: int = 1

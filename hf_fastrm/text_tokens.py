@@ -11,6 +11,7 @@ def text_token_index(
     prompt_length: int,
     layouts: list[RowImageLayout],
     attention_mask: torch.Tensor | None = None,
+    prefix: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the prompt positions that hold text: attended (``attention_mask`` 1, so padding is left out) and
     not an image token (cross-attention layouts name no prompt position, so every attended position is kept).
@@ -19,15 +20,18 @@ def text_token_index(
         prompt_length (`int`): length of the (padded) prompt.
         layouts (`list[RowImageLayout]`): one per row, from the family adapter.
         attention_mask (`torch.Tensor` of shape `(batch, prompt_length)`, *optional*): all ones when not given.
+        prefix (`int`, *optional*, defaults to 0): positions before the prompt in the decoder's sequence (GIT's
+            prepended image features; see `ArchitectureAdapter.sequence_prefix`); the index counts them.
 
     Returns:
         ``(index, mask)``: `(batch, text_tokens)` positions (0 where padded) and `(batch, text_tokens)` bool, True
         for real text tokens; ``text_tokens`` is the largest count over the rows (at least 1).
     """
     batch = len(layouts)
-    keep = torch.ones(batch, prompt_length, dtype=torch.bool)
+    keep = torch.ones(batch, prefix + prompt_length, dtype=torch.bool)
+    keep[:, :prefix] = False  # only image features are prepended
     if attention_mask is not None:
-        keep &= attention_mask[:, :prompt_length].detach().cpu().bool()
+        keep[:, prefix:] &= attention_mask[:, :prompt_length].detach().cpu().bool()
     for row, layout in enumerate(layouts):
         if not layout.cross_attention:  # cross-attention image states are not positions of the prompt
             keep[row, layout.image_positions.cpu()] = False

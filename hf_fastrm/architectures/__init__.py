@@ -8,6 +8,7 @@ from .fuyu import FuyuAdapter
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .generic import PlaceholderAdapter
+from .git import GitAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .hy_v4_vl import HYV4VLAdapter
 from .idefics import IdeficsAdapter
@@ -15,6 +16,7 @@ from .idefics3 import Idefics3Adapter
 from .inkling import Inkling2Adapter, InklingAdapter
 from .internvl import InternVLAdapter
 from .janus import JanusAdapter
+from .kosmos2 import KOSMOS_FAMILIES, KosmosAdapter
 from .llama4 import Llama4Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
@@ -25,6 +27,7 @@ from .mllama import MllamaAdapter
 from .nemotron_h_omni import NemotronHOmniAdapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
+from .qformer import QFormerAdapter
 from .qwen4_exp import Qwen4ExpAdapter
 from .qwen_vl import Qwen2VLAdapter
 from .registry import (
@@ -68,6 +71,10 @@ for _instance in (JanusAdapter(), ChameleonAdapter(), Emu3Adapter(), FuyuAdapter
     register_architecture(_instance)
 for _instance in (InklingAdapter(), Inkling2Adapter(), Apertus1p5Adapter()):  # --- inkling
     register_architecture(_instance)
+# --- qformer: BLIP-2 kin (own generate() writes the images into inputs_embeds), Kosmos-2 (a position mask), GIT (a prepended image)
+register_architecture(QFormerAdapter())
+for _instance in (*KOSMOS_FAMILIES, GitAdapter()):
+    register_architecture(_instance)
 
 __all__ = [
     "Apertus1p5Adapter",
@@ -80,6 +87,7 @@ __all__ = [
     "FuyuAdapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
+    "GitAdapter",
     "HYV4VLAdapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
@@ -88,6 +96,7 @@ __all__ = [
     "InklingAdapter",
     "InternVLAdapter",
     "JanusAdapter",
+    "KosmosAdapter",
     "Llama4Adapter",
     "LlavaAdapter",
     "LlavaNextAdapter",
@@ -98,6 +107,7 @@ __all__ = [
     "MllamaAdapter",
     "PaliGemmaAdapter",
     "PlaceholderAdapter",
+    "QFormerAdapter",
     "Qwen2VLAdapter",
     "Qwen4ExpAdapter",
     "RowImageLayout",

@@ -117,6 +117,12 @@ class ArchitectureAdapter:
         """
         return decoder_states
 
+    def generation_module(self, model: nn.Module) -> nn.Module:
+        """The module whose forward `generate()` calls at every step: `model` itself, except for families whose
+        own `generate()` writes the image features into ``inputs_embeds`` and hands them to the language model's
+        `generate()` (BLIP-2 and kin). The tap watches this module's prefill and its batch expansion."""
+        return model
+
     def image_token_id(self, config: Any) -> int:
         token_id = getattr(config, "image_token_id", None)
         if token_id is None:
@@ -198,6 +204,31 @@ class ArchitectureAdapter:
         """Whether the model derives its position ids itself (multimodal rotary positions from the image grids,
         Qwen2-VL and kin: a ``get_rope_index`` method), so a teacher-forced forward must not pass its own."""
         return any(hasattr(module, "get_rope_index") for module in (model, getattr(model, "model", None)) if module)
+
+    def decoding_position_ids(
+        self, model: nn.Module, input_ids: torch.Tensor, prompt_length: int
+    ) -> torch.Tensor | None:
+        """`(batch, seq)`: position ids under which ONE forward over prompt and generated tokens (`input_ids`)
+        reproduces the states `generate()` computed, for a family whose decoding positions differ from what its
+        forward derives over a whole sequence (Kosmos-2 decodes left-padded rows at cache length + 1). `None` (the
+        default): the usual rule (`generate()`'s positions from the attention mask, or the model's own)."""
+        return None
+
+    def sequence_prefix(self, config: Any, model_kwargs: dict[str, Any]) -> int:
+        """How many positions the model puts in front of ``input_ids`` in the decoder's sequence (GIT prepends its
+        image features; 0, the default, for every family that writes them over tokens of the prompt). Layout
+        positions are positions of the decoder's sequence; prompt token ``i`` sits at ``prefix + i``.
+
+        Args:
+            config: the model's `PretrainedConfig`.
+            model_kwargs: the processor outputs the forward receives (`pixel_values`, ...).
+        """
+        return 0
+
+    image_mask_inputs: tuple[str, ...] = ()
+    """Prompt-length masks of image positions `(batch, seq)` the processor outputs (Kosmos-2's
+    ``image_embeds_position_mask``) that a teacher-forced forward over prompt and generated tokens must extend (with
+    [`generated_token_types`] values: generated tokens are no images)."""
 
     def generated_token_types(self, key: str, value: torch.Tensor, new_tokens: int) -> torch.Tensor:
         """`(..., new_tokens)`: the values a per-token prompt tensor (``token_type_ids``, ``mm_token_type_ids``)

@@ -97,7 +97,8 @@ FOOTER = """
 
 * Not yet checked for locality (the test is an expected failure, not investigated: the probe may not decode
   their pixel layout, or the cell order may be wrong): Gemma 4, Cohere2 Vision, PaddleOCR-VL, HunYuanVL, LFM2-VL,
-  Kimi K2.5, Mistral Large 4, VideoLLaMA 3, LightOnOCR. Idefics2 and Aria have no locality (1-D latents).
+  Kimi K2.5, Mistral Large 4, VideoLLaMA 3, LightOnOCR. Idefics2, Aria, BLIP-2, InstructBLIP(-Video) and
+  Kosmos-2(.5) have no locality (1-D latents); GIT's prepended image is not read by the probe yet.
   Qianfan-OCR's check runs with the slow tests.
 * No locality check: Inkling (1-D grids: an image's patch rows are not among the forward's inputs) and Apertus 1.5
   (its image tokens embed argmax VQ codes, so no gradient reaches the pixels for the probe to follow).
@@ -129,16 +130,9 @@ NOT_DONE: dict[str, str] = {
     "model's forward (which the tap hooks) never runs; the keys would be the text decoder's `encoder_hidden_states` at "
     "its prefill, whose width (vision) can differ from the decoder's (BLIP-large: 1024 vs 768), which needs a head "
     "with a separate key width (not written)",
-    "blip-2": "Q-Former: 32 learned queries replace the image; they have no patch grid (a 1-D route would need "
-    "`image_token_id` set in the config, which BLIP-2 checkpoints from 5.x processors do)",
-    "instructblip": "Q-Former, as BLIP-2",
-    "instructblipvideo": "Q-Former, as BLIP-2",
     "udop": "encoder-decoder (T5) over layout tokens, not on the encoder-decoder route yet: its encoder merges image "
     "patches into the text tokens whose boxes cover them and appends the rest (`combine_image_text_embeddings`), so "
     "the image positions of the encoder's sequence need that box logic in an adapter (not written)",
-    "kosmos-2": "images written through `image_embeds_position_mask`, no placeholder id in the config (not written)",
-    "kosmos-2.5": "as Kosmos-2, plus flattened patches",
-    "git": "image features prepended to the text embeddings without placeholder tokens (not written)",
     "evolla": "protein-text model: no images",
     "pi0": "robot policy (PaliGemma backbone + action expert), not a text generator",
     "mistral4": "text-only causal LM class in this mapping",

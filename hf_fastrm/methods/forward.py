@@ -59,7 +59,8 @@ class ForcedSequence:
         forward_kwargs (`dict`): the other forward inputs (pixel values, positions, ...).
         new_tokens (`torch.LongTensor` of shape `(batch, new_tokens)`): all generated tokens.
         steps (`int`): tokens explained (up to the last step any row still generates).
-        chosen_positions (`torch.LongTensor` of shape `(steps,)`): the positions whose logits chose them.
+        chosen_positions (`torch.LongTensor` of shape `(steps,)`): the positions whose logits chose them, in the
+            decoder's sequence (``prefix`` later than in `input_ids`).
         layouts (`list[RowImageLayout]`), eos_ids, special_ids: for [`ForcedSequence.result`].
     """
 
@@ -75,6 +76,13 @@ class ForcedSequence:
     layouts: list[RowImageLayout]
     eos_ids: list[int] = field(default_factory=list)
     special_ids: list[int] = field(default_factory=list)
+    prefix: int = 0
+    """Positions the model puts before `input_ids` in the decoder's sequence (GIT's image features)."""
+
+    @property
+    def sequence_length(self) -> int:
+        """Length of the decoder's sequence in the forward: `prefix` + `input_ids`' length."""
+        return self.prefix + int(self.input_ids.shape[1])
 
     def forward(self) -> Any:
         """One forward over `input_ids` (no cache, logits of the explained positions only where supported)."""
@@ -154,11 +162,15 @@ def forced_sequence(
     mask = torch.cat([prompt_mask, prompt_mask.new_ones(batch, steps - 1)], dim=1)
     forward_kwargs = dict(extend_per_token_inputs(model, extra, prompt_length, steps - 1))
     parameters = inspect.signature(model.forward).parameters
-    if "position_ids" in parameters and not adapter.computes_own_positions(model):
+    decoding_positions = adapter.decoding_position_ids(model, ids, prompt_length)
+    if "position_ids" in parameters and decoding_positions is not None:
+        forward_kwargs["position_ids"] = decoding_positions
+    elif "position_ids" in parameters and not adapter.computes_own_positions(model):
         forward_kwargs["position_ids"] = generation_position_ids(mask)
     if "logits_to_keep" in parameters:
         forward_kwargs["logits_to_keep"] = steps
-    chosen = torch.arange(prompt_length - 1, prompt_length - 1 + steps, device=input_ids.device)
+    prefix = adapter.sequence_prefix(model.config, extra)
+    chosen = torch.arange(prefix + prompt_length - 1, prefix + prompt_length - 1 + steps, device=input_ids.device)
     return ForcedSequence(
         model=model,
         adapter=adapter,
@@ -172,6 +184,7 @@ def forced_sequence(
         layouts=layouts,
         eos_ids=eos_ids,
         special_ids=specials,
+        prefix=prefix,
     )
 
 

@@ -78,6 +78,7 @@ class LVLMInterpretRelevancy(RelevancyMethod):
         block_rows = 128 if forced.input_ids.device.type == "cpu" else None
         capture = AttentionCapture(model, adapter.language_model(model), decoder_layers, layers, block_rows=block_rows)
         prompt_length, steps = forced.prompt_length, forced.steps
+        prompt_end = forced.prefix + prompt_length  # in the decoder's sequence
         try:
             with frozen(model), capture, torch.enable_grad():
                 logits = forced.forward().logits[:, -steps:]
@@ -97,11 +98,7 @@ class LVLMInterpretRelevancy(RelevancyMethod):
                     stop = min(start + self.token_chunk_size, steps)
                     relevance = _chunk_relevance(targets, probes, start, stop)
                     for offset, step in enumerate(range(start, stop)):
-                        rows = (
-                            slice(0, prompt_length)
-                            if step == 0
-                            else slice(prompt_length - 1 + step, prompt_length + step)
-                        )
+                        rows = slice(0, prompt_end) if step == 0 else slice(prompt_end - 1 + step, prompt_end + step)
                         for layer, per_token in enumerate(relevance):
                             reused[layer][:, rows] = per_token[offset][:, rows].to(dtype)
                     del relevance

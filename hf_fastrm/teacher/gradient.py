@@ -254,12 +254,12 @@ def gradient_relevancy(
     else:
         result = forced.result(rows, "gradient")
     output = TeacherOutput(result=result, layers=selected, target=target)
-    num_new, length = forced.new_tokens.shape[1], forced.input_ids.shape[1]
+    num_new, length, prefix = forced.new_tokens.shape[1], forced.input_ids.shape[1], forced.prefix
 
     if return_text_relevancy:
         seq_len = sequences.shape[1]
         text = torch.full((batch, num_new, seq_len), math.nan, dtype=rows.dtype, device=rows.device)
-        text[:, :steps, :length] = rows
+        text[:, :steps, :length] = rows[..., prefix:]  # positions of `sequences` (a prefix holds no token of it)
         position = torch.arange(seq_len, device=rows.device)
         visible = position.view(1, 1, -1) <= (prompt_length - 1 + torch.arange(num_new, device=rows.device)).view(
             1, -1, 1
@@ -269,7 +269,8 @@ def gradient_relevancy(
         valid = valid.to(rows.device)
         for row, layout in enumerate(layouts):
             if not layout.cross_attention:  # cross-attention image states are no positions of the sequence
-                valid[row, layout.image_positions.to(rows.device)] = False
+                in_sequence = layout.image_positions - prefix
+                valid[row, in_sequence[in_sequence >= 0].to(rows.device)] = False
         keep = visible & valid.unsqueeze(1) & result.token_mask.unsqueeze(-1)
         output.text_relevancy = text.masked_fill(~keep, math.nan)
 
@@ -284,7 +285,9 @@ def gradient_relevancy(
         output.token_hidden_states = token_states
         from ..text_tokens import gather_positions, text_token_index
 
-        text_index, text_mask = text_token_index(prompt_length, layouts, forced.attention_mask[:, :prompt_length])
+        text_index, text_mask = text_token_index(
+            prompt_length, layouts, forced.attention_mask[:, :prompt_length], prefix=prefix
+        )
         output.text_hidden_states = gather_positions(hidden, text_index, text_mask)
         output.text_token_mask = text_mask.to(hidden.device)
     return output
@@ -332,7 +335,7 @@ def _relevancy_rows(
     image_states, hidden)` (None and None without)."""
     cross_layers = cross_layers or set()
     model, adapter = forced.model, forced.adapter
-    batch, length = forced.input_ids.shape
+    batch, length = forced.input_ids.shape[0], forced.sequence_length
     steps = forced.steps
     chosen_tokens = forced.new_tokens[:, :steps]
     chosen_positions = forced.chosen_positions
@@ -556,13 +559,20 @@ def extend_per_token_inputs(
     over `new_tokens` generated positions by the model's own generation rule (``_update_model_kwargs_for_generation``,
     one step at a time as `generate()` applies it; PaliGemma, for one, marks generated tokens as its causal suffix).
     """
-    named = get_adapter(model).per_token_inputs
+    adapter = get_adapter(model)
+    named = adapter.per_token_inputs
     per_token = {
         key: value
         for key, value in extra.items()
         if (key.endswith("token_type_ids") and isinstance(value, torch.Tensor) and value.shape[-1] == prompt_length)
         or (key in named and isinstance(value, torch.Tensor) and value.dim() > 1 and value.shape[1] == prompt_length)
     }
+    marks = {  # the family's own masks of image positions: generated tokens are not images
+        key: torch.cat([value, adapter.generated_token_types(key, value, new_tokens)], dim=-1)
+        for key, value in extra.items()
+        if key in adapter.image_mask_inputs and isinstance(value, torch.Tensor) and value.shape[-1] == prompt_length
+    }
+    extra = {**extra, **marks}
     if not per_token or new_tokens == 0:
         return extra
     update = getattr(model, "_update_model_kwargs_for_generation", None)
@@ -577,7 +587,7 @@ def extend_per_token_inputs(
                 last = value[:, -1:]
                 extended[key] = torch.cat([value, last.expand(-1, new_tokens, *last.shape[2:])], dim=1)
                 continue
-            tail = get_adapter(model).generated_token_types(key, value, new_tokens)
+            tail = adapter.generated_token_types(key, value, new_tokens)
             extended[key] = torch.cat([value, tail], dim=-1)
     return {**extra, **{key: extended[key] for key in per_token}}
 

@@ -61,6 +61,8 @@ class FamilyCase:
             module, reader)`, the test's own reading of the image states the cross-attention layers attend to,
             `reader(args, kwargs) -> (batch, image_states, hidden)` from a forward pre-hook on the module; the
             layout's positions index them instead of the sequence.
+        image_mask_input: the processor output that marks the image tokens with 1 (Kosmos-2's
+            ``image_embeds_position_mask``), for a family without placeholder ids; `None`: the placeholder ids do.
     """
 
     name: str
@@ -75,6 +77,7 @@ class FamilyCase:
     image_states: Callable[[torch.nn.Module], tuple[torch.nn.Module, Callable[[tuple, dict], torch.Tensor]]] | None = (
         None
     )
+    image_mask_input: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

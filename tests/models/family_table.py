@@ -110,6 +110,14 @@ class TableEntry:
             processor writes more than a run of placeholders (Fuyu: a newline token after each row; Apertus: rows
             split by end-of-line tokens between begin/end markers); needs ``pixels`` as a callable (the grid shapes
             come from it).
+        media: ``"image"``, or ``"video"`` for a family whose only media placeholder is a video token (its pixel
+            inputs are then videos, counted by ``get_video_features``, and its grids labelled ``"video i"``).
+        image_mask_input: for a family without placeholder ids (Kosmos-2), the input that marks image tokens with 1:
+            the prompt gets ordinary ids there (as its processor writes) and this mask.
+        images_per_row: images in the first and the second prompt row ((1, 1) for processors that take one image
+            per prompt).
+        prepended: the model puts the images in front of the prompt (GIT): the prompt holds no image token, and
+            `pixels` (a callable) gives the grids.
     """
 
     model_type: str
@@ -129,6 +137,10 @@ class TableEntry:
     notes: str = ""
     variant: str = ""
     image_tokens: Callable[[Any, int, tuple[int, ...]], list[int]] | None = None
+    media: str = "image"
+    image_mask_input: str | None = None
+    images_per_row: tuple[int, int] = (1, 2)
+    prepended: bool = False
 
     @property
     def name(self) -> str:
@@ -220,7 +232,8 @@ def _features_per_image(output: Any, num_images: int, sizes: list[int] | None = 
 
 
 def pixel_inputs(entry: TableEntry, config: Any) -> tuple[dict[str, torch.Tensor], int]:
-    """The three images' pixel inputs as the vision tower expects them, and their count."""
+    """The images' pixel inputs as the vision tower expects them (`sum(entry.images_per_row)` images, or one per
+    `entry.thw` row), and their count."""
     vision = config.vision_config
     generator = torch.Generator().manual_seed(0)
     channels = getattr(vision, "num_channels", None) or getattr(vision, "in_channels", None) or 3
@@ -235,12 +248,13 @@ def pixel_inputs(entry: TableEntry, config: Any) -> tuple[dict[str, torch.Tensor
         return {"pixel_values": pixel_values, "image_grid_thw": torch.tensor(entry.thw)}, len(entry.thw)
     size = entry.image_size or vision.image_size
     size = size if isinstance(size, int) else size[0]
-    pixel_values = torch.randn(3, channels, size, size, generator=generator)
+    count = sum(entry.images_per_row)
+    pixel_values = torch.randn(count, channels, size, size, generator=generator)
     if entry.pixels == "sizes":  # Pixtral-style towers: one image size per image
-        return {"pixel_values": pixel_values, "image_sizes": torch.tensor([[size, size]] * 3)}, 3
+        return {"pixel_values": pixel_values, "image_sizes": torch.tensor([[size, size]] * count)}, count
     if entry.pixels == "5d":  # (batch, images, channels, height, width), Idefics2-style
-        return {"pixel_values": pixel_values.unsqueeze(1)}, 3
-    return {"pixel_values": pixel_values}, 3
+        return {"pixel_values": pixel_values.unsqueeze(1)}, count
+    return {"pixel_values": pixel_values}, count
 
 
 def pixel_kind(entry: TableEntry, config: Any) -> str:
@@ -275,31 +289,32 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         processor_shapes = None
     if entry.extra_pixels is not None:
         pixels |= entry.extra_pixels(config, pixels)
-    inner = getattr(model, "model", None)  # NemotronH Omni's top class holds its towers itself
-    base = inner if hasattr(inner, "get_image_features") else model
-    if "image_merge_sizes" in inspect.signature(base.get_image_features).parameters:  # VideoLLaMA3
-        pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
-    with torch.no_grad():
-        sizes = [math.prod(shape) for shape in processor_shapes] if processor_shapes else None
-        counts = _features_per_image(base.get_image_features(**pixels), num_images, sizes)
-    image_id = config_id(config, ("image_token_id", "image_token_index"))
-    words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
-    if entry.image_tokens is not None:  # the family's own token pattern per image (placeholders and separators)
-        runs = [entry.image_tokens(config, image_id, processor_shapes[i]) for i in range(3)]
+    if entry.prepended:
+        counts = [0] * num_images  # no token of the prompt holds the image
     else:
-        runs = [[image_id] * counts[i] for i in range(3)]
-    rows = [
-        [BOS, *words[:2], *runs[0], *words[2:5]],
-        [BOS, *runs[1], *words[5:7], *runs[2], *words[7:8]],
-    ]
+        encode = media_encoder(model, entry.media)
+        if "image_merge_sizes" in inspect.signature(encode).parameters:  # VideoLLaMA3
+            pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
+        with torch.no_grad():
+            sizes = [math.prod(shape) for shape in processor_shapes] if processor_shapes else None
+            counts = _features_per_image(encode(**pixels), num_images, sizes)
+    rows, marks = prompt_rows(entry, config, counts, processor_shapes)
     inputs = left_pad(rows) | pixels
+    padded = left_pad(marks)
+    image_marks = padded["input_ids"] * padded["attention_mask"]  # 1 on image tokens, 0 on padding
+    if entry.image_mask_input is not None:
+        inputs[entry.image_mask_input] = image_marks
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:  # 1 on image tokens, as processors write
-        inputs["mm_token_type_ids"] = (inputs["input_ids"] == image_id).long()
+        inputs["mm_token_type_ids"] = image_marks
     if entry.extra_inputs is not None:
         inputs |= entry.extra_inputs(model, inputs)
     finish_table_model(model, entry.name, remap)
-    shapes = processor_shapes or [grid_shape(entry, config, counts[i], i) for i in range(3)]
-    expected = [[("image 0", shapes[0])], [("image 0", shapes[1]), ("image 1", shapes[2])]]
+    shapes = processor_shapes or [grid_shape(entry, config, counts[i], i) for i in range(num_images)]
+    kind, first = entry.media, entry.images_per_row[0]
+    expected = [
+        [(f"{kind} {i}", shapes[i]) for i in range(first)],
+        [(f"{kind} {i}", shapes[first + i]) for i in range(entry.images_per_row[1])],
+    ]
     return model, inputs, expected
 
 
@@ -353,7 +368,13 @@ def table_case(entry: TableEntry) -> FamilyCase:
         return model, inputs
 
     case = FamilyCase(
-        entry.name, build, expected, mrope=entry.mrope, teacher_issue=entry.teacher_issue, slow=entry.slow
+        entry.name,
+        build,
+        expected,
+        mrope=entry.mrope,
+        teacher_issue=entry.teacher_issue,
+        slow=entry.slow,
+        image_mask_input=entry.image_mask_input,
     )
     case.notes = entry.notes
     return case
@@ -748,6 +769,112 @@ INKLING_LOCALITY = {
 """Cases of this block the locality probe cannot check, with why (joined to `LOCALITY_UNCHECKED`)."""
 
 
+# --- qformer: shared helpers
+def prompt_rows(
+    entry: TableEntry, config: Any, counts: list[int], shapes: list[tuple[int, ...]] | None = None
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Two prompt rows (`entry.images_per_row` images each, `counts[i]` tokens for image i, words around them) and,
+    per row, 1 on the image tokens. Image tokens are the placeholder id, or, with `entry.image_mask_input`, the
+    ordinary ids 4, 5, ... the Kosmos-2 processor writes (the mask alone says where the image is); with
+    `entry.image_tokens`, the family's own pattern for image i's grid `shapes[i]` (placeholders and separators)."""
+    words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
+    image_id = -1  # no placeholder: the prompt holds ordinary ids (Kosmos-2) or no image token (GIT)
+    if entry.image_mask_input is None and not entry.prepended:
+        image_id = config_id(config, (f"{entry.media}_token_id", f"{entry.media}_token_index"))
+    first, second = entry.images_per_row
+    layout = [  # per row: words and images (as image indices) in order
+        [words[:2], 0, words[2:5]] if first == 1 else [words[:2], 0, words[2:3], 1, words[3:5]],
+        [first, words[5:7], first + 1, words[7:8]] if second == 2 else [words[5:6], first, words[6:8]],
+    ]
+    rows, marks = [], []
+    for pieces in layout:
+        row, mark = [BOS], [0]
+        for piece in pieces:
+            if isinstance(piece, int):
+                if entry.image_tokens is not None:
+                    ids = entry.image_tokens(config, image_id, shapes[piece])
+                    row += ids
+                    mark += [int(token == image_id) for token in ids]
+                    continue
+                ids = (
+                    [image_id] * counts[piece] if entry.image_mask_input is None else list(range(4, 4 + counts[piece]))
+                )
+                row += ids
+                mark += [1] * len(ids)
+            else:
+                row += piece
+                mark += [0] * len(piece)
+        rows.append(row)
+        marks.append(mark)
+    return rows, marks
+
+
+def media_encoder(model: torch.nn.Module, media: str = "image") -> Callable[..., Any]:
+    """The model's ``get_image_features`` (``get_video_features`` for ``media="video"``): on its base model
+    (``model.model``) where it has one, else on the model itself (BLIP-2 and kin keep no base model)."""
+    name = f"get_{media}_features"
+    for owner in (getattr(model, "model", None), model):
+        if owner is not None and callable(getattr(owner, name, None)):
+            return getattr(owner, name)
+    raise AttributeError(f"{type(model).__name__} has no `{name}`")
+
+
+def qformer_instructions(config: Any, pixels: dict[str, Any]) -> dict[str, Any]:
+    """InstructBLIP's `qformer_input_ids` / `qformer_attention_mask`: one instruction per image (or video)."""
+    generator = torch.Generator().manual_seed(2)
+    items = pixels["pixel_values"].shape[0]
+    ids = torch.randint(3, FIRST_SPECIAL, (items, 5), generator=generator)
+    return {"qformer_input_ids": ids, "qformer_attention_mask": torch.ones_like(ids)}
+
+
+def two_frame_videos(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """InstructBLIP-Video's `pixel_values`: 3 videos of 2 frames, `(videos, frames, channels, size, size)`; each video
+    is `frames * num_query_tokens` tokens, one 1-D grid."""
+    size = config.vision_config.image_size
+    pixel_values = torch.randn(3, 2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    return {"pixel_values": pixel_values}, [(2 * config.num_query_tokens,)] * 3
+
+
+QFORMER = {
+    "num_query_tokens": 4,
+    "qformer_config.encoder_hidden_size": 32,
+    "text_config.ffn_dim": 37,
+    "text_config.word_embed_proj_dim": 32,
+}
+
+
+KOSMOS = {
+    "latent_query_num": 4,
+    "text_config.layers": 2,
+    "text_config.attention_heads": 4,
+    "text_config.ffn_dim": 37,
+}
+
+
+def kosmos2_5_patches(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Kosmos-2.5's `flattened_patches` as its image processor lays them out: per image (row, column) indices from 1
+    and the patch's pixels, `(images, patches, 2 + patch_embed_hidden_size)`; 4x4 patches for each of 2 images. The
+    latents are one 1-D grid of `latent_query_num` tokens each."""
+    width = config.vision_config.patch_embed_hidden_size
+    rows, cols = torch.meshgrid(torch.arange(1, 5), torch.arange(1, 5), indexing="ij")
+    index = torch.stack([rows.flatten(), cols.flatten()], dim=-1).float()
+    generator = torch.Generator().manual_seed(0)
+    patches = torch.stack([torch.cat([index, torch.randn(16, width, generator=generator)], -1) for _ in range(2)])
+    return {"flattened_patches": patches}, [(config.latent_query_num,)] * 2
+
+
+def git_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """GIT's `pixel_values`, one image per prompt row; each image is prepended as its CLS token and an
+    `(image_size / patch_size)` square of patches. With ``num_image_with_embedding`` frames, a video per row
+    `(rows, frames, channels, size, size)`, prepended frame by frame: one `(frames, side, side)` grid."""
+    size, patch = config.vision_config.image_size, config.vision_config.patch_size
+    frames = config.num_image_with_embedding
+    shape = (2, 3, size, size) if frames is None else (2, frames, 3, size, size)
+    pixel_values = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    grid = (size // patch, size // patch) if frames is None else (frames, size // patch, size // patch)
+    return {"pixel_values": pixel_values}, [grid] * 2
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 def gemma4_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     """Gemma 4's own image processor (patch 4, pooling 2) on 16x24, 24x16 and 16x16 images, without its resize (at
@@ -1041,6 +1168,63 @@ TABLE: list[TableEntry] = [
         overrides=APERTUS,
         notes="VQ codes' embeddings over the placeholders; rows split by end-of-line tokens",
     ),
+    # --- qformer
+    TableEntry("blip-2", overrides={**QFORMER, "image_token_index": 210}, grid=None, notes="OPT decoder; 4 queries"),
+    TableEntry(
+        "instructblip",
+        overrides={**QFORMER, "image_token_index": 210},
+        extra_pixels=qformer_instructions,
+        grid=None,
+        notes="OPT decoder; instruction-aware Q-Former",
+    ),
+    TableEntry(
+        "instructblipvideo",
+        overrides={**QFORMER, "video_token_index": 210},
+        pixels=two_frame_videos,
+        extra_pixels=qformer_instructions,
+        media="video",
+        # its forward hands extra kwargs (`position_ids`) to the Q-Former too (transformers 5.24), so the reference
+        # forward passes none: OPT derives the same positions from the attention mask
+        mrope=True,
+        notes="OPT decoder; 2 frames x 4 queries a video",
+    ),
+    TableEntry(
+        "kosmos-2",
+        overrides=KOSMOS,
+        image_mask_input="image_embeds_position_mask",
+        images_per_row=(1, 1),
+        grid=None,
+        notes="image tokens marked by image_embeds_position_mask; one image a row, as its processor writes",
+    ),
+    TableEntry(
+        "kosmos-2.5",
+        overrides={**KOSMOS, "vision_config.patch_embed_hidden_size": 12, "vision_config.max_num_patches": 64},
+        pixels=kosmos2_5_patches,
+        image_mask_input="image_embeds_position_mask",
+        images_per_row=(1, 1),
+        notes="flattened patches; image tokens marked by image_embeds_position_mask",
+    ),
+    TableEntry(
+        "git",
+        pixels=git_pixels,
+        prepended=True,
+        images_per_row=(1, 1),
+        teacher_issue="GitSelfAttention computes its softmax inline, not through AttentionInterface: the teacher "
+        "cannot record the text attention",
+        notes="image features prepended to the text (not in input_ids): CLS + 4x4 patches",
+    ),
+    TableEntry(
+        "git",
+        variant="video",
+        overrides={"num_image_with_embedding": 2},
+        pixels=git_pixels,
+        prepended=True,
+        media="video",
+        images_per_row=(1, 1),
+        teacher_issue="GitSelfAttention computes its softmax inline, not through AttentionInterface",
+        slow=True,
+        notes="2 frames prepended frame by frame",
+    ),
 ]
 
 
@@ -1087,6 +1271,15 @@ LOCALITY_UNCHECKED |= (
     }
 )
 LOCALITY_UNCHECKED |= INKLING_LOCALITY
+# --- qformer
+LOCALITY_UNCHECKED |= {
+    name: "1-D learned queries (Q-Former / Kosmos latents): every query attends to the whole image, there is no "
+    "locality to check"
+    for name in ("blip-2", "instructblip", "instructblipvideo", "kosmos-2", "kosmos-2.5")
+} | {
+    "git": "not adapted: the probe differentiates image tokens' input embeddings at prompt positions, and GIT's image "
+    "tokens are prepended to the decoder's sequence (none is in input_ids)",
+}
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
 # --- qwenlike

@@ -39,7 +39,13 @@ from hf_fastrm.testing_utils import tiny_head
 
 NEW_TOKENS = 4
 GREEDY = {"do_sample": False, "max_new_tokens": NEW_TOKENS}
-TAP_WRAPPED = ("get_image_features", "get_video_features", "_expand_inputs_for_generation", "generate")  # tap wraps
+TAP_WRAPPED = (  # the tap's wrappers
+    "get_image_features",
+    "get_video_features",
+    "_expand_inputs_for_generation",
+    "prepare_inputs_for_generation",
+    "generate",
+)
 
 CASES: list[FamilyCase] = [
     llava_case(),
@@ -131,7 +137,10 @@ def reference_forward(model, inputs, sequences, case: FamilyCase) -> tuple[torch
             fill = case.new_token_type if key == "token_type_ids" else 0
             value = torch.cat([value, value.new_full((value.shape[0], num_new, *value.shape[2:]), fill)], dim=1)
         kwargs[key] = value
-    if not case.mrope:  # the positions generate() uses for left-padded rows
+    decoding_positions = get_adapter(model).decoding_position_ids(model, sequences, prompt_length)
+    if decoding_positions is not None:  # the family decodes at other positions than a full forward derives
+        kwargs["position_ids"] = decoding_positions
+    elif not case.mrope:  # the positions generate() uses for left-padded rows
         kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
     normed = []
     handles = [
@@ -151,7 +160,9 @@ def reference_forward(model, inputs, sequences, case: FamilyCase) -> tuple[torch
     finally:
         for handle in handles:
             handle.remove()
-    last = out.hidden_states[-1]
+    # BLIP-2 and kin return the language model's own output inside theirs
+    hidden_states = getattr(out, "hidden_states", None) or out.language_model_outputs.hidden_states
+    last = hidden_states[-1]
     if last.dim() != 3:  # Gemma 3n records its AltUp stack (altup, batch, seq, hidden); lm_head reads the final norm
         last = normed[-1]
     return last, recorded.get("states")
@@ -162,14 +173,32 @@ def reference_relevancy(model, head, inputs, sequences, layouts, case: FamilyCas
     last, cross_states = reference_forward(model, inputs, sequences, case)
     prompt_length = inputs["input_ids"].shape[1]
     num_new = sequences.shape[1] - prompt_length
+    prompt_end = sequence_prefix(model, inputs) + prompt_length  # in the decoder's sequence
     maps = []
     with torch.no_grad():
         for row, layout in enumerate(layouts):
-            token_states = last[row, prompt_length - 1 : prompt_length - 1 + num_new]
+            token_states = last[row, prompt_end - 1 : prompt_end - 1 + num_new]
             # cross-attention layouts index the image states the cross-attention layers attended to
             image_states = (cross_states if layout.cross_attention else last)[row, layout.image_positions]
             maps.append(head(token_states.unsqueeze(0), image_states.unsqueeze(0))[0])
     return maps
+
+
+def sequence_prefix(model, inputs: dict) -> int:
+    """Positions the model puts before `input_ids` in the decoder's sequence (GIT's image; 0 elsewhere)."""
+    return get_adapter(model).sequence_prefix(model.config, inputs)
+
+
+def image_token_marks(case: FamilyCase, config, inputs: dict, input_ids: torch.Tensor) -> torch.Tensor:
+    """`(rows, prefix + prompt_length)` bool over the decoder's sequence: the image tokens as the processor marked
+    them (placeholder ids, or the case's mask input, e.g. Kosmos-2's ``image_embeds_position_mask``), after a
+    prefix of prepended image features (GIT), for rows of the same prompts."""
+    if case.image_mask_input is not None:
+        marks = inputs[case.image_mask_input][:, : input_ids.shape[1]].bool()
+    else:
+        marks = torch.isin(input_ids, torch.tensor(sorted(image_token_ids(config)), dtype=input_ids.dtype))
+    prefix = get_adapter(config).sequence_prefix(config, inputs)
+    return torch.cat([marks.new_ones(marks.shape[0], prefix), marks], dim=1)
 
 
 def image_token_ids(config) -> set[int]:
@@ -193,13 +222,13 @@ def test_layout_matches_the_processor(name):
         for lay in layouts
     ]
     assert got == case.expected_grids
-    allowed = torch.tensor(sorted(image_token_ids(model.config)))
+    marks = image_token_marks(case, model.config, inputs, inputs["input_ids"])
     for row, layout in enumerate(layouts):
         assert layout.cross_attention == (case.image_states is not None)
         if layout.cross_attention:  # positions index the cross-attention states: checked against them in generation
             assert layout.image_positions.unique().numel() == layout.num_image_tokens
         else:
-            assert bool(torch.isin(inputs["input_ids"][row, layout.image_positions], allowed).all())
+            assert bool(marks[row, layout.image_positions].all())
         cells = torch.cat([grid.flatten() for grid in layout.image_grids])
         cells = cells[cells >= 0]
         assert cells.unique().numel() == cells.numel(), "a token sits in two grid cells"
@@ -285,7 +314,7 @@ def test_teacher_runs_on_the_same_grids_and_tokens(name):
     torch.testing.assert_close(result.relevancy, one_block, rtol=1e-5, atol=1e-6, equal_nan=True)
 
     last, cross_states = reference_forward(model, inputs, out.sequences, case)
-    prompt_length = inputs["input_ids"].shape[1]
+    prompt_length = sequence_prefix(model, inputs) + inputs["input_ids"].shape[1]  # in the decoder's sequence
     for row, layout in enumerate(out.image_layouts):
         n = layout.num_image_tokens
         image_states = (cross_states if layout.cross_attention else last)[row, layout.image_positions]

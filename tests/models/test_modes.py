@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 from family_table import EXPANDED_IMAGES_PERMUTED
-from test_families import BY_NAME, CASES, built, hook_state, image_token_ids, reference_relevancy
+from test_families import BY_NAME, CASES, built, hook_state, image_token_marks, reference_relevancy
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -151,15 +151,16 @@ def check_result(name: str, mode: str, model, inputs: dict, head, sequences: tor
     assert sequences.shape[0] == rows and result.relevancy.shape[0] == rows
     assert len(result.image_layouts) == rows
 
-    placeholders = torch.tensor(sorted(image_token_ids(model.config)))
+    # the prompt rows' image tokens as the processor marked them; returned row r continues prompt row r // returned
+    marks = image_token_marks(case, model.config, inputs, inputs["input_ids"])
     for row in range(rows):
-        count = int(torch.isin(sequences[row, :prompt_length], placeholders).sum())
+        assert torch.equal(sequences[row, :prompt_length], inputs["input_ids"][row // returned])
         layout = result.image_layouts[row]
         assert int(result.image_token_mask[row].sum()) == layout.num_image_tokens
         if layout.cross_attention:  # image states are no positions of the sequence: one grid per image of the prompt
             assert len(layout.image_grids) == len(case.expected_grids[row // returned])
         else:
-            assert layout.num_image_tokens == count
+            assert layout.num_image_tokens == int(marks[row // returned].sum())
 
     valid = result.token_mask.unsqueeze(-1) & result.image_token_mask.unsqueeze(1)
     values = result.relevancy[valid]

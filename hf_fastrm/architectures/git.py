@@ -1,0 +1,85 @@
+"""GIT (``GitForCausalLM``): image features prepended to the text, with no token of theirs in ``input_ids``.
+
+``GitModel`` runs each image through its CLIP tower, projects every feature (the CLS token first, then the patches
+row-major) and puts them BEFORE the text embeddings: the decoder's sequence is ``image_tokens + input_ids``, the
+image block attending to itself bidirectionally, the text causally. So the image tokens are the first
+``image_tokens`` positions of the decoder's sequence (`ArchitectureAdapter.sequence_prefix`), never in
+``input_ids``; prompt and generated tokens sit that many positions later. An image is ``1 + (image_size /
+patch_size)^2`` tokens: the CLS token (an image token in no grid cell) and a square patch grid; a video
+(``pixel_values`` of shape `(batch, frames, channels, height, width)`) is that per frame, one `(frames, h, w)` grid.
+
+The decoder is a BERT-style post-norm encoder: no final norm, the last layer's output ``LayerNorm`` gives the
+states ``output`` (the LM head) reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import ArchitectureAdapter, RowImageLayout
+from .grids import square_grid
+
+
+class GitAdapter(ArchitectureAdapter):
+    """``GitForCausalLM``: the image tokens are the sequence's prefix."""
+
+    model_types = ("git",)
+    family = "GIT"
+    grid_description = (
+        "the first 1 + (image_size/patch_size)^2 positions of the decoder's sequence (prepended, not in input_ids): "
+        "CLS token in no cell, one (h, w) patch grid; a video (frames, h, w)"
+    )
+    teacher_support = (
+        "no: GIT's text self-attention (`GitSelfAttention`) computes its softmax inline, not through transformers' "
+        "AttentionInterface, so the teacher cannot record it; FastRM is unaffected"
+    )
+    tested_configs = (
+        "git: CLIP tower 64 px / patch 16, 17 prepended tokens an image; one image a row",
+        "git-video: 2 frames (`num_image_with_embedding`), 2 x 17 prepended tokens a video (slow tests)",
+    )
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return model.git.encoder
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return self.language_model(model).layer
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        """The last layer's output ``LayerNorm`` (post-norm layers: its output is the last hidden state)."""
+        return self.decoder_layers(model)[-1].output.LayerNorm
+
+    def required_inputs(self, config: Any, input_ids: torch.Tensor) -> tuple[str, ...]:
+        """The pixel values: without them the sequence holds no image."""
+        return self.image_inputs
+
+    @staticmethod
+    def _frames_and_side(config: Any, model_kwargs: dict[str, Any]) -> tuple[int, int]:
+        pixel_values = model_kwargs.get("pixel_values")
+        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() not in (4, 5):
+            raise ValueError(
+                "GIT puts the image in front of the text, so FastRM needs the `pixel_values` generate() was given "
+                "(`(batch, channels, height, width)`, or `(batch, frames, channels, height, width)` for video)."
+            )
+        vision = config.vision_config
+        frames = int(pixel_values.shape[1]) if pixel_values.dim() == 5 else 1
+        return frames, int(vision.image_size) // int(vision.patch_size)
+
+    def sequence_prefix(self, config: Any, model_kwargs: dict[str, Any]) -> int:
+        frames, side = self._frames_and_side(config, model_kwargs)
+        return frames * (1 + side * side)
+
+    def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
+        """Per row, positions ``0 .. prefix - 1`` of the decoder's sequence; per frame the CLS token, then the
+        patches row-major."""
+        frames, side = self._frames_and_side(config, model_kwargs)
+        per_frame = 1 + side * side
+        grid = torch.stack([square_grid(side, side, start=frame * per_frame + 1) for frame in range(frames)])
+        label = "image 0" if frames == 1 else "video 0"
+        grid = grid[0] if frames == 1 else grid
+        return [
+            RowImageLayout(torch.arange(frames * per_frame), [grid.clone()], [label])
+            for _ in range(input_ids.shape[0])
+        ]
