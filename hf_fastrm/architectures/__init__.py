@@ -4,6 +4,7 @@ from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
+from .gemma4_unified import Gemma4UnifiedAdapter
 from .generic import PlaceholderAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
@@ -43,12 +44,16 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
+# --- ocr: coverage helper's families
+for _instance in (Gemma4UnifiedAdapter(),):
+    register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
     "AyaVisionAdapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
+    "Gemma4UnifiedAdapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
     "InternVLAdapter",

@@ -130,8 +130,6 @@ NOT_DONE: dict[str, str] = {
     "janus": "`JanusForConditionalGeneration.generate()` drops `logits_processor` in text mode (transformers 5.24), "
     "so FastRM's processor never runs; the layout itself is the generic one (square SigLIP grid)",
     "diffusion_gemma": "block diffusion (`DiffusionGemmaForBlockDiffusion`), not autoregressive `generate()`",
-    "gemma4_unified": "untested: the Gemma 4 adapter's layout should apply; the table's tiny config does not build "
-    "yet (its patch embedder's width differs from Gemma 4's)",
     "hy_v4_vl": "untested: its tower writes a different number of features per image than `image_grid_thw` / merge "
     "(extra features like HunYuanVL's); needs a family adapter",
     "cosmos3_edge": "untested: the tiny model's rope index expects more tokens per image than its tower gives at the "

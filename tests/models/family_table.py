@@ -339,6 +339,50 @@ def table_case(entry: TableEntry) -> FamilyCase:
     return case
 
 
+# --- ocr: shared helpers of the coverage helper "ocr" (multi-view images, prompts with markers)
+def unified_patches(
+    sizes: list[tuple[int, int]], block: int, length: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images cut into `block x block` pixel blocks as Gemma 4 unified's image processor lays them out (its module
+    needs torchvision, not installed here): per image the blocks row-major, each flattened `(block, block, 3)`, padded
+    to `length` with `(-1, -1)` positions; positions are `(x, y)` in blocks.
+
+    Returns:
+        `(images, length, block * block * 3)` pixel values and `(images, length, 2)` positions.
+    """
+    import numpy as np
+    from family_builders import images
+
+    pixel_values = torch.zeros(len(sizes), length, block * block * 3)
+    positions = torch.full((len(sizes), length, 2), -1, dtype=torch.long)
+    for index, image in enumerate(images(*sizes, seed=seed)):
+        array = torch.from_numpy(np.array(image)).float() / 255  # (h, w, 3)
+        rows, cols = array.shape[0] // block, array.shape[1] // block
+        blocks = array.reshape(rows, block, cols, block, 3).transpose(1, 2).reshape(rows * cols, -1)
+        pixel_values[index, : rows * cols] = blocks
+        y, x = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        positions[index, : rows * cols] = torch.stack([x.flatten(), y.flatten()], dim=-1)
+    return pixel_values, positions
+
+
+def gemma4_unified_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Gemma 4 unified: 16x24, 24x16 and 16x16 images in merged 8 px blocks (patch 4, merge 2), padded to 70."""
+    vision = config.vision_config
+    block = vision.patch_size * vision.pooling_kernel_size
+    sizes = [(16, 24), (24, 16), (16, 16)]
+    pixel_values, positions = unified_patches(sizes, block, length=70)
+    return {"pixel_values": pixel_values, "image_position_ids": positions}, [(h // block, w // block) for h, w in sizes]
+
+
+GEMMA4_UNIFIED = {
+    "vision_config.patch_size": 4,
+    "vision_config.pooling_kernel_size": 2,
+    "vision_config.mm_embed_dim": 32,
+    "vision_config.output_proj_dims": 32,
+    "vision_config.mm_posemb_size": 64,
+}
+
+
 # ---------------------------------------------------------------------------------------------------- the table
 def gemma4_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     """Gemma 4's own image processor (patch 4, pooling 2) on 16x24, 24x16 and 16x16 images, without its resize (at
@@ -503,6 +547,14 @@ TABLE: list[TableEntry] = [
         teacher_issue="hybrid decoder: Gated DeltaNet layers have no softmax attention for the teacher to record",
         notes="Qwen3.5 MoE: hybrid linear/full-attention decoder, 4 experts",
     ),
+    # --- ocr
+    TableEntry(
+        "gemma4_unified",
+        config_kwargs={"vision_config": {}},
+        overrides=GEMMA4_UNIFIED,
+        pixels=gemma4_unified_pixels,
+        notes="encoder-free: one soft token per merged block",
+    ),
 ]
 
 
@@ -528,6 +580,12 @@ LOCALITY_UNCHECKED = {
 """Table cases the locality test marks as expected failures, with why."""
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
+
+# --- ocr
+LOCALITY_UNCHECKED |= {
+    "gemma4_unified": "the locality probe's pixel decoder does not know merged-block patch lists (`(images, blocks, "
+    "block * block * 3)`); not investigated",
+}
 
 
 def table_cases() -> list[FamilyCase]:
