@@ -371,7 +371,9 @@ def gemma4_unified_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, 
     block = vision.patch_size * vision.pooling_kernel_size
     sizes = [(16, 24), (24, 16), (16, 16)]
     pixel_values, positions = unified_patches(sizes, block, length=70)
-    return {"pixel_values": pixel_values, "image_position_ids": positions}, [(h // block, w // block) for h, w in sizes]
+    return {"pixel_values": pixel_values, "image_position_ids": positions}, [
+        (h // block, w // block) for h, w in sizes
+    ]
 
 
 GEMMA4_UNIFIED = {
