@@ -5,6 +5,7 @@ from .base import ArchitectureAdapter, RowImageLayout
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .gemma4_unified import Gemma4UnifiedAdapter
+from .granite4_vision import Granite4VisionAdapter
 from .generic import PlaceholderAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
@@ -45,7 +46,7 @@ for _adapter in (
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
 # --- ocr: coverage helper's families
-for _instance in (Gemma4UnifiedAdapter(),):
+for _instance in (Gemma4UnifiedAdapter(), Granite4VisionAdapter()):
     register_architecture(_instance)
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "Gemma3Adapter",
     "Gemma4Adapter",
     "Gemma4UnifiedAdapter",
+    "Granite4VisionAdapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
     "InternVLAdapter",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from fractions import Fraction
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +90,8 @@ class TableEntry:
         pixels: ``"square"`` (`(images, channels, size, size)` with the vision config's image size), ``"thw"``
             (Qwen-style flattened patches with `image_grid_thw`), ``"sizes"`` (square plus `image_sizes`), ``"5d"``
             (`(images, 1, channels, size, size)`), or `config -> (pixel inputs, grid shapes)` for a family whose real
-            image processor builds them (the grid shapes from the processor's own numbers).
+            image processor builds them (the grid shapes from the processor's own numbers; per image one shape, or
+            `(suffix, shape)` pairs for an image of several views).
         image_size: the square images' side in pixels (defaults to the vision config's `image_size`).
         thw: the `image_grid_thw` rows of the three images, for ``pixels="thw"``.
         patch_shape: ``"flat"`` (`(patches, channels * temporal * patch**2)`) or ``"chw"`` (`(patches, channels,
@@ -193,7 +195,9 @@ def set_path(config: Any, path: str, value: Any) -> None:
 
 def _features_per_image(output: Any, num_images: int) -> list[int]:
     """Feature rows per image from `get_image_features`' output (tensor, list of tensors, or a model output)."""
-    if hasattr(output, "pooler_output") and output.pooler_output is not None:
+    if getattr(output, "deepstack_features", None) is not None:  # Granite 4 Vision: (layer, per-image list) pairs
+        output = output.deepstack_features[0][1]
+    elif hasattr(output, "pooler_output") and output.pooler_output is not None:
         output = output.pooler_output
     elif hasattr(output, "last_hidden_state"):
         output = output.last_hidden_state
@@ -279,8 +283,16 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         inputs |= entry.extra_inputs(model, inputs)
     finish_table_model(model, entry.name, remap)
     shapes = processor_shapes or [grid_shape(entry, config, counts[i], i) for i in range(3)]
-    expected = [[("image 0", shapes[0])], [("image 0", shapes[1]), ("image 1", shapes[2])]]
+    expected = [image_grids(0, shapes[0]), image_grids(0, shapes[1]) + image_grids(1, shapes[2])]
     return model, inputs, expected
+
+
+def image_grids(local: int, shape: tuple[int, ...] | list[tuple[str, tuple[int, ...]]]) -> list[tuple[str, tuple]]:
+    """The expected `(label, shape)` grids of one image: one grid, or `(suffix, shape)` pairs of a multi-view image
+    (``"image 0 base"``, ``"image 0 tiles"``)."""
+    if isinstance(shape, list):
+        return [(f"image {local} {suffix}", tuple(grid)) for suffix, grid in shape]
+    return [(f"image {local}", shape)]
 
 
 def config_id(config: Any, names: tuple[str, ...]) -> int:
@@ -374,6 +386,50 @@ def gemma4_unified_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, 
     return {"pixel_values": pixel_values, "image_position_ids": positions}, [
         (h // block, w // block) for h, w in sizes
     ]
+
+
+def granite4_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, tuple[int, ...]]]]]:
+    """Granite 4 Vision: its (LLaVA-NeXT) image processor on 10x30, 20x12 and 16x16 images (16 px crops); the grids
+    from `Granite4VisionProcessor`'s own feature count (base crop at the Q-Former's reduced side, unpadded tiles)."""
+    from family_builders import images, make_tokenizer
+    from transformers import Granite4VisionProcessor
+    from transformers.image_processing_utils import select_best_resolution
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    crop = config.vision_config.image_size
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop}, image_grid_pinpoints=GRANITE4_PINPOINTS
+    )
+    processor = Granite4VisionProcessor(
+        image_processor=image_processor,
+        tokenizer=make_tokenizer(["<image>"]),
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        downsample_rate=config.downsample_rate,
+    )
+    sizes = [(10, 30), (20, 12), (16, 16)]
+    out = image_processor(images=images(*sizes), return_tensors="pt")
+    side = int(crop // config.vision_config.patch_size * Fraction(config.downsample_rate))
+    shapes = []
+    for height, width in sizes:
+        best_h, best_w = select_best_resolution([height, width], GRANITE4_PINPOINTS)
+        unpadded, rows = processor._get_unpadded_features(height, width, side, side, best_h // crop, best_w // crop)
+        shapes.append([("base", (side, side)), ("tiles", (rows, unpadded // rows))])
+    return {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}, shapes
+
+
+GRANITE4_PINPOINTS = [[16, 32], [32, 16], [32, 32]]
+GRANITE4 = {
+    "vision_config.patch_size": 4,
+    "vision_config.image_size": 16,
+    "image_grid_pinpoints": GRANITE4_PINPOINTS,
+    "downsample_rate": "1/2",
+    "deepstack_layer_map": [(1, 0)],
+    "spatial_target_layers": [1],
+    "qformer_config.encoder_hidden_size": 32,
+    "projector_dropout": 0.0,
+}
 
 
 GEMMA4_UNIFIED = {
@@ -557,6 +613,12 @@ TABLE: list[TableEntry] = [
         pixels=gemma4_unified_pixels,
         notes="encoder-free: one soft token per merged block",
     ),
+    TableEntry(
+        "granite4_vision",
+        overrides=GRANITE4,
+        pixels=granite4_pixels,
+        notes="LLaVA-NeXT tiles through Window Q-Former downsamplers; deepstack injection",
+    ),
 ]
 
 
@@ -587,6 +649,8 @@ LOCALITY_SLOW = {"qianfan_ocr"}
 LOCALITY_UNCHECKED |= {
     "gemma4_unified": "the locality probe's pixel decoder does not know merged-block patch lists (`(images, blocks, "
     "block * block * 3)`); not investigated",
+    "granite4_vision": "no probe possible: the image features enter at decoder layers (deepstack injection), the "
+    "input embeddings at image tokens are zeros, so their gradient says nothing about the pixels",
 }
 
 

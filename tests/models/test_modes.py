@@ -51,6 +51,14 @@ MODES: dict[str, tuple[dict, int, bool]] = {
 # FastRM's maps follow the states the model really had.
 GLM_BEAM_MISMATCH = {"glm4v", "glm46v", "glm_ocr", "glmga", "glm4v_moe"}
 
+# --- ocr
+# Granite 4 Vision (transformers 5.24): `Granite4VisionForConditionalGeneration._expand_multimodal_outputs` repeats
+# each image of a row on its own ([A, B] -> [A, A, A, B, B, B] for 3 beams) instead of the row's group ([A, B, A, B,
+# A, B]), so an expanded row with two images decodes with another image's deepstack features (masked_scatter only
+# checks the total count). Plain generate() does the same, so the tokens agree; the separate forward gets the right
+# features. With the group order fixed in that method the beam test passes (checked by patching it).
+EXPANSION_BUG = {"granite4_vision"}
+
 
 def matrix() -> list:
     params = []
@@ -62,6 +70,13 @@ def matrix() -> list:
                 marks.append(
                     pytest.mark.xfail(
                         reason="GLM decodes expanded rows at other positions than a full forward (transformers 5.24)",
+                        strict=False,
+                    )
+                )
+            if case.name in EXPANSION_BUG and expands:
+                marks.append(
+                    pytest.mark.xfail(
+                        reason="the model's _expand_multimodal_outputs reorders a row's images (transformers 5.24)",
                         strict=False,
                     )
                 )
