@@ -5,8 +5,8 @@ from .base import ArchitectureAdapter, RowImageLayout
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .gemma4_unified import Gemma4UnifiedAdapter
-from .granite4_vision import Granite4VisionAdapter
 from .generic import PlaceholderAdapter
+from .granite4_vision import Granite4VisionAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .idefics3 import Idefics3Adapter
 from .internvl import InternVLAdapter

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from fractions import Fraction
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -398,7 +398,9 @@ def granite4_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, t
 
     crop = config.vision_config.image_size
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": crop}, crop_size={"height": crop, "width": crop}, image_grid_pinpoints=GRANITE4_PINPOINTS
+        size={"shortest_edge": crop},
+        crop_size={"height": crop, "width": crop},
+        image_grid_pinpoints=GRANITE4_PINPOINTS,
     )
     processor = Granite4VisionProcessor(
         image_processor=image_processor,
