@@ -2,6 +2,7 @@
 
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
+from .deepseek_ocr import DeepseekOcr2Adapter, UnlimitedOcrAdapter
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
 from .gemma4_unified import Gemma4UnifiedAdapter
@@ -15,6 +16,7 @@ from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter, LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .mistral3 import Mistral3Adapter
+from .molmo2 import Molmo2Adapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
 from .qwen_vl import Qwen2VLAdapter
@@ -46,12 +48,19 @@ for _adapter in (
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter()):
     register_architecture(_instance)
 # --- ocr: coverage helper's families
-for _instance in (Gemma4UnifiedAdapter(), Granite4VisionAdapter()):
+for _instance in (
+    Gemma4UnifiedAdapter(),
+    Granite4VisionAdapter(),
+    DeepseekOcr2Adapter(),
+    UnlimitedOcrAdapter(),
+    Molmo2Adapter(),
+):
     register_architecture(_instance)
 
 __all__ = [
     "ArchitectureAdapter",
     "AyaVisionAdapter",
+    "DeepseekOcr2Adapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
     "Gemma4UnifiedAdapter",
@@ -65,10 +74,12 @@ __all__ = [
     "LlavaNextVideoAdapter",
     "LlavaOnevisionAdapter",
     "Mistral3Adapter",
+    "Molmo2Adapter",
     "PaliGemmaAdapter",
     "PlaceholderAdapter",
     "Qwen2VLAdapter",
     "RowImageLayout",
+    "UnlimitedOcrAdapter",
     "VipLlavaAdapter",
     "get_adapter",
     "register_architecture",

@@ -144,10 +144,6 @@ NOT_DONE: dict[str, str] = {
     "muse_glimmer": "untested: its projector's output width is not derived from the shrunk config",
     "muse_spark": "untested: as muse_glimmer",
     "apertus1p5": "untested: images go through a VQ vision tokenizer (no patch tower in the config)",
-    "deepseek_ocr2": "untested: its SAM-style tower has no `image_size`/`patch_size` in the config for the table",
-    "unlimited_ocr": "untested: as deepseek_ocr2",
-    "molmo2": "untested: the generic adapter applies to its positions; its forward needs `image_token_pooling` and "
-    "`image_grids` from its processor, which the table does not build",
     "fuyu": "untested: image patches are embedded directly (no vision tower config); placeholder and newline tokens "
     "need a family adapter",
     "qwen4_exp": "untested: its text decoder ends in a hyper-connection mixer, not a final norm the tap can hook",

@@ -102,6 +102,9 @@ class TableEntry:
         extra_pixels: `(config, pixel inputs) -> dict` of more image inputs the tower needs (a high-resolution
             copy, a pixel mask).
         mrope: the model computes its own position ids.
+        image_text: `(config, pixel inputs, image index, features) -> token ids` standing for one image in the
+            prompt, as the family's processor writes them (markers around the placeholders); default: `features`
+            placeholder tokens.
         teacher_issue: why the teacher fails on this family (the test is then an xfail).
         slow: keep the case out of the default run.
         notes: one line for docs/supported-models.md.
@@ -118,6 +121,7 @@ class TableEntry:
     extra_inputs: Callable[[torch.nn.Module, dict[str, Any]], dict[str, Any]] | None = None
     extra_pixels: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
     mrope: bool = False
+    image_text: Callable[[Any, dict[str, Any], int, int], list[int]] | None = None
     teacher_issue: str | None = None
     slow: bool = False
     notes: str = ""
@@ -272,9 +276,13 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         counts = _features_per_image(base.get_image_features(**pixels), num_images)
     image_id = config_id(config, ("image_token_id", "image_token_index"))
     words = torch.randint(3, FIRST_SPECIAL, (12,), generator=torch.Generator().manual_seed(1)).tolist()
+    if entry.image_text is None:
+        text = [[image_id] * count for count in counts]
+    else:
+        text = [entry.image_text(config, pixels, index, count) for index, count in enumerate(counts)]
     rows = [
-        [BOS, *words[:2], *[image_id] * counts[0], *words[2:5]],
-        [BOS, *[image_id] * counts[1], *words[5:7], *[image_id] * counts[2], *words[7:8]],
+        [BOS, *words[:2], *text[0], *words[2:5]],
+        [BOS, *text[1], *words[5:7], *text[2], *words[7:8]],
     ]
     inputs = left_pad(rows) | pixels
     if "mm_token_type_ids" in inspect.signature(model.forward).parameters:  # 1 on image tokens, as processors write
@@ -431,6 +439,156 @@ GRANITE4 = {
     "spatial_target_layers": [1],
     "qformer_config.encoder_hidden_size": 32,
     "projector_dropout": 0.0,
+}
+
+
+OCR_SIZES = [(24, 72), (20, 24), (64, 28)]
+"""Images for Unlimited-OCR: wider than a crop (cropped 3x1), smaller (global view only), taller (cropped 1x2)."""
+
+
+def ocr_views(config: Any, sizes: list[tuple[int, int]]) -> tuple[dict[str, Any], list[int], list[list[int]]]:
+    """DeepSeek-OCR 2's PIL image processor (64 px global views padded square, 32 px crops, 2-6 crops) on
+    `OCR_SIZES`; also the crops' `(columns, rows)` as Unlimited-OCR's processor writes `patches_grid` (1, 1 when not
+    cropped), from the same tiling function. Returns the pixel inputs, crops per image and the grid."""
+    from family_builders import images
+    from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import (
+        DeepseekOcr2ImageProcessorPil,
+        get_optimal_tiled_canvas,
+    )
+
+    processor = DeepseekOcr2ImageProcessorPil(size={"height": 64, "width": 64}, tile_size=32)
+    out = processor(images=images(*sizes), return_tensors="pt")
+    crops = [int(n) for n in out["num_local_patches"]]
+    grid = [
+        list(get_optimal_tiled_canvas(size, (32, 32), 2, 6)) if n else [1, 1]
+        for size, n in zip(sizes, crops, strict=True)
+    ]
+    assert [c * r for c, r in grid] == [n or 1 for n in crops]
+    pixels = {"pixel_values": out["pixel_values"], "num_local_patches": crops}
+    if "pixel_values_local" in out:
+        pixels["pixel_values_local"] = out["pixel_values_local"]
+    return pixels, crops, grid
+
+
+def unlimited_ocr_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, tuple[int, ...]]]]]:
+    """Unlimited-OCR: the grids from `UnlimitedOcrProcessor.replace_image_token`'s numbers (q = size // patch /
+    downsample 4): crops stitched `(rows * q_local, cols * q_local)`, the global view `(q_global, q_global)`."""
+    pixels, crops, grid = ocr_views(config, OCR_SIZES)
+    patch = config.vision_config.sam_config.patch_size
+    q_global, q_local = math.ceil(64 // patch / 4), math.ceil(32 // patch / 4)
+    shapes = []
+    for n, (columns, rows) in zip(crops, grid, strict=True):
+        tiles = [("tiles", (rows * q_local, columns * q_local))] if n else []
+        shapes.append([*tiles, ("base", (q_global, q_global))])
+    return pixels | {"patches_grid": grid}, shapes
+
+
+def deepseek_ocr2_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, tuple[int, ...]]]]]:
+    """DeepSeek-OCR 2: every view (crop or global) gives the 144 queries of its smaller query table (at most 144 SAM
+    patches a view here), 1-D; only the first image is cropped (2x1), as every view costs 144 tokens."""
+    pixels, crops, _ = ocr_views(config, [(24, 56), (20, 24), (16, 16)])
+    return pixels, [[*((f"tile {k}", (144,)) for k in range(n)), ("base", (144,))] for n in crops]
+
+
+OCR_SAM = {
+    "vision_config.sam_config.patch_size": 4,
+    "vision_config.sam_config.image_size": 64,
+    "vision_config.sam_config.window_size": 4,
+    "vision_config.sam_config.global_attn_indexes": [1],
+    "vision_config.sam_config.mlp_dim": 64,
+    "vision_config.sam_config.output_channels": 16,
+    "vision_config.sam_config.downsample_channels": [16, 32],
+}
+UNLIMITED_OCR = {
+    **OCR_SAM,
+    "vision_config.encoder_config.image_size": 16,
+    "vision_config.encoder_config.patch_size": 4,
+    "text_config.mlp_layer_types": ["dense", "sparse"],
+}
+DEEPSEEK_OCR2 = {**OCR_SAM, "text_config.mlp_layer_types": ["dense", "sparse"], "text_config.num_experts_per_tok": 2}
+
+
+MOLMO2_SIZES = [(20, 44), (24, 24), (40, 20)]
+MOLMO2_COL = 211
+"""`<im_col>`: the tiny vocabulary's id for Molmo2's row-end token (the config does not name it)."""
+
+
+def molmo2_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, tuple[int, ...]]]]]:
+    """Molmo2's own image processor code on `MOLMO2_SIZES` (24 px crops, patch 4, overlap margins 1, pooling 2x2, up
+    to 4 crops), with its two torchvision calls (resize, rescale-normalize) replaced by torch equivalents: its crop
+    geometry, `image_token_pooling` and `image_grids` are the processor's. Grids: `image_grids` per image."""
+    import numpy as np
+    from family_builders import images
+    from transformers.image_utils import SizeDict
+    from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
+
+    class TorchOnly(Molmo2ImageProcessor):
+        def resize(self, image, size, resample=None, antialias=True, **kwargs):
+            return torch.nn.functional.interpolate(image, size=(size.height, size.width), mode="bilinear")
+
+        def rescale_and_normalize(self, image, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
+            image = image.float() * rescale_factor if do_rescale else image.float()
+            if do_normalize:
+                mean, std = torch.tensor(image_mean).view(-1, 1, 1), torch.tensor(image_std).view(-1, 1, 1)
+                image = (image - mean) / std
+            return image
+
+    processor = TorchOnly()
+    tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in images(*MOLMO2_SIZES)]
+    out = processor._preprocess(
+        tensors,
+        do_resize=True,
+        size=SizeDict(height=24, width=24),
+        resample=processor.resample,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=processor.image_mean,
+        image_std=processor.image_std,
+        do_convert_rgb=True,
+        max_crops=4,
+        overlap_margins=[1, 1],
+        patch_size=config.vision_config.patch_size,
+        pooling_size=[2, 2],
+        disable_grouping=None,
+        return_tensors="pt",
+    )
+    pixels = {key: out[key] for key in ("pixel_values", "image_token_pooling", "image_grids", "image_num_crops")}
+    shapes = [
+        [("base", (low_h, low_w)), ("tiles", (high_h, high_w))]
+        for low_h, low_w, high_h, high_w in out["image_grids"].tolist()
+    ]
+    return pixels, shapes
+
+
+def molmo2_text(config: Any, pixels: dict[str, Any], image: int, features: int) -> list[int]:
+    """`Molmo2Processor.replace_image_token`: the low view (`<low_res_im_start>`, rows of `<im_patch>` each ended by
+    `<im_col>`, `<im_end>`), then the high view likewise after `<im_start>`."""
+    low_h, low_w, high_h, high_w = pixels["image_grids"][image].tolist()
+    assert low_h * low_w + high_h * high_w == features
+    patch = config.image_patch_id
+
+    def view(start: int, rows: int, cols: int) -> list[int]:
+        return [start, *([patch] * cols + [MOLMO2_COL]) * rows, config.image_end_token_id]
+
+    return view(config.low_res_image_start_token_id, low_h, low_w) + view(config.image_start_token_id, high_h, high_w)
+
+
+def molmo2_token_types(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """`mm_token_type_ids` as Molmo2's processor writes them: 1 on every image token (patches, columns, starts,
+    ends), so they share one bidirectional attention block."""
+    config = model.config
+    ids = [config.image_patch_id, MOLMO2_COL, config.image_start_token_id, config.low_res_image_start_token_id]
+    ids.append(config.image_end_token_id)
+    return {"mm_token_type_ids": torch.isin(inputs["input_ids"], torch.tensor(ids)).long()}
+
+
+MOLMO2 = {
+    "image_patch_id": 210,
+    "vision_config.patch_size": 4,
+    "vision_config.image_size": [24, 24],
+    "vision_config.num_position_embeddings": 36,
+    "adapter_config.vision_feature_layer": [-1, -2],
 }
 
 
@@ -621,6 +779,27 @@ TABLE: list[TableEntry] = [
         pixels=granite4_pixels,
         notes="LLaVA-NeXT tiles through Window Q-Former downsamplers; deepstack injection",
     ),
+    TableEntry(
+        "unlimited_ocr",
+        overrides=UNLIMITED_OCR,
+        pixels=unlimited_ocr_pixels,
+        notes="SAM + CLIP towers; stitched crops and global view, newline per row, view separator",
+    ),
+    TableEntry(
+        "deepseek_ocr2",
+        overrides=DEEPSEEK_OCR2,
+        pixels=deepseek_ocr2_pixels,
+        slow=True,
+        notes="SAM tower + causal flow encoder: 144 learned queries a view, 1-D (about 400 image tokens a row: slow)",
+    ),
+    TableEntry(
+        "molmo2",
+        overrides=MOLMO2,
+        pixels=molmo2_pixels,
+        image_text=molmo2_text,
+        extra_inputs=molmo2_token_types,
+        notes="low-res view + overlapping crops pooled 2x2; column and start/end markers in the prompt",
+    ),
 ]
 
 
@@ -653,6 +832,11 @@ LOCALITY_UNCHECKED |= {
     "block * block * 3)`); not investigated",
     "granite4_vision": "no probe possible: the image features enter at decoder layers (deepstack injection), the "
     "input embeddings at image tokens are zeros, so their gradient says nothing about the pixels",
+    "unlimited_ocr": "the probe follows `pixel_values` / `pixel_values_videos` only; the crops' tokens come from "
+    "`pixel_values_local`, so their receptive fields are not seen (not investigated further)",
+    "deepseek_ocr2": "1-D learned queries: every query attends to the whole view, there is no locality to check",
+    "molmo2": "the locality probe's pixel decoder does not know Molmo2's crops of flattened patches (`(crops, "
+    "patches, patch * patch * 3)`, overlapping crops); not investigated",
 }
 
 
