@@ -71,8 +71,10 @@ FOOTER = """
 
 * Not yet checked for locality (the test is an expected failure, not investigated: the probe may not decode
   their pixel layout, or the cell order may be wrong): Gemma 4, Cohere2 Vision, PaddleOCR-VL, HunYuanVL, LFM2-VL,
-  Kimi K2.5, Mistral Large 4, VideoLLaMA 3, LightOnOCR. Idefics2 and Aria have no locality (1-D latents).
-  Qianfan-OCR's check runs with the slow tests.
+  Kimi K2.5, Mistral Large 4, VideoLLaMA 3, LightOnOCR, Gemma 4 unified, Molmo2, Unlimited-OCR (its crops come
+  from `pixel_values_local`, which the probe does not follow). Idefics2, Aria and DeepSeek-OCR 2 have no locality
+  (1-D latents or learned queries). Granite 4 Vision cannot be probed: its image features enter at decoder layers
+  (deepstack), the input embeddings of its image tokens are zeros. Qianfan-OCR's check runs with the slow tests.
 
 ## The generic adapter and unlisted types
 

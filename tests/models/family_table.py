@@ -838,6 +838,7 @@ LOCALITY_UNCHECKED |= {
     "molmo2": "the locality probe's pixel decoder does not know Molmo2's crops of flattened patches (`(crops, "
     "patches, patch * patch * 3)`, overlapping crops); not investigated",
 }
+LOCALITY_SLOW |= {"unlimited_ocr"}  # an expected failure costing ~20 s (one backward per image token)
 
 
 def table_cases() -> list[FamilyCase]:
