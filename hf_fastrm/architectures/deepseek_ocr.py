@@ -37,13 +37,15 @@ def sam_feature_side(config: Any, pixels: int) -> int:
 class _ViewsAdapter(PlaceholderAdapter):
     """Shared walk over images: local crops (if any), the global view, the separator."""
 
-    image_inputs = ("pixel_values",)
-
     def _view_plans(self, config: Any, model_kwargs: dict[str, Any]) -> list[MediaPlan]:
+        """One plan per image (in `pixel_values` order) from the processor outputs: `pixel_values` `(images, 3, S,
+        S)`, `pixel_values_local` `(crops, 3, T, T)`, `num_local_patches` (crops per image) and, for Unlimited-OCR,
+        `patches_grid` (`[columns, rows]` per image)."""
         raise NotImplementedError
 
     @staticmethod
     def _local_counts(model_kwargs: dict[str, Any], num_images: int) -> list[int]:
+        """Local crops per image (0 each when the inputs hold no `pixel_values_local`)."""
         if model_kwargs.get("pixel_values_local") is None:
             return [0] * num_images
         counts = per_item_list(model_kwargs.get("num_local_patches"))
