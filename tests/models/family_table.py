@@ -199,10 +199,10 @@ def set_path(config: Any, path: str, value: Any) -> None:
 
 def _features_per_image(output: Any, num_images: int) -> list[int]:
     """Feature rows per image from `get_image_features`' output (tensor, list of tensors, or a model output)."""
-    if getattr(output, "deepstack_features", None) is not None:  # Granite 4 Vision: (layer, per-image list) pairs
-        output = output.deepstack_features[0][1]
-    elif hasattr(output, "pooler_output") and output.pooler_output is not None:
+    if hasattr(output, "pooler_output") and output.pooler_output is not None:
         output = output.pooler_output
+    elif getattr(output, "deepstack_features", None):  # Granite 4 Vision: only (layer, per-image list) pairs
+        output = output.deepstack_features[0][1]
     elif hasattr(output, "last_hidden_state"):
         output = output.last_hidden_state
     if isinstance(output, list | tuple):
