@@ -3,12 +3,15 @@
 from .apertus1p5 import Apertus1p5Adapter
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
+from .deepseek_ocr import DeepseekOcr2Adapter, UnlimitedOcrAdapter
 from .encoder_decoder import ENCODER_DECODER_FAMILIES, EncoderDecoderAdapter, Florence2Adapter, T5Gemma2Adapter
 from .fuyu import FuyuAdapter
 from .gemma3 import Gemma3Adapter
 from .gemma4 import Gemma4Adapter
+from .gemma4_unified import Gemma4UnifiedAdapter
 from .generic import PlaceholderAdapter
 from .git import GitAdapter
+from .granite4_vision import Granite4VisionAdapter
 from .hunyuan_vl import HunYuanVLAdapter
 from .hy_v4_vl import HYV4VLAdapter
 from .idefics import IdeficsAdapter
@@ -24,6 +27,7 @@ from .llava_onevision import LlavaOnevisionAdapter
 from .minicpm import MiniCPMVAdapter
 from .mistral3 import Mistral3Adapter
 from .mllama import MllamaAdapter
+from .molmo2 import Molmo2Adapter
 from .nemotron_h_omni import NemotronHOmniAdapter
 from .paligemma import PaliGemmaAdapter
 from .placeholder_families import PLACEHOLDER_FAMILIES
@@ -75,19 +79,31 @@ for _instance in (InklingAdapter(), Inkling2Adapter(), Apertus1p5Adapter()):  # 
 register_architecture(QFormerAdapter())
 for _instance in (*KOSMOS_FAMILIES, GitAdapter()):
     register_architecture(_instance)
+# --- ocr: coverage helper's families
+for _instance in (
+    Gemma4UnifiedAdapter(),
+    Granite4VisionAdapter(),
+    DeepseekOcr2Adapter(),
+    UnlimitedOcrAdapter(),
+    Molmo2Adapter(),
+):
+    register_architecture(_instance)
 
 __all__ = [
     "Apertus1p5Adapter",
     "ArchitectureAdapter",
     "AyaVisionAdapter",
     "ChameleonAdapter",
+    "DeepseekOcr2Adapter",
     "Emu3Adapter",
     "EncoderDecoderAdapter",
     "Florence2Adapter",
     "FuyuAdapter",
     "Gemma3Adapter",
     "Gemma4Adapter",
+    "Gemma4UnifiedAdapter",
     "GitAdapter",
+    "Granite4VisionAdapter",
     "HYV4VLAdapter",
     "HunYuanVLAdapter",
     "Idefics3Adapter",
@@ -105,6 +121,7 @@ __all__ = [
     "MiniCPMVAdapter",
     "Mistral3Adapter",
     "MllamaAdapter",
+    "Molmo2Adapter",
     "PaliGemmaAdapter",
     "PlaceholderAdapter",
     "QFormerAdapter",
@@ -112,6 +129,7 @@ __all__ = [
     "Qwen4ExpAdapter",
     "RowImageLayout",
     "T5Gemma2Adapter",
+    "UnlimitedOcrAdapter",
     "VipLlavaAdapter",
     "get_adapter",
     "register_architecture",

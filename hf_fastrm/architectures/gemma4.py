@@ -38,11 +38,15 @@ class Gemma4Adapter(PlaceholderAdapter):
             ),
         )
 
+    def position_kernel(self, config: Any) -> int:
+        """Patch positions per soft token along each axis (``image_position_ids`` count patches, k x k pool)."""
+        return int(config.vision_config.pooling_kernel_size)
+
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
         position_ids = model_kwargs.get("image_position_ids")
         if position_ids is None:
             return super().image_layout(config, input_ids, model_kwargs)
-        kernel = int(config.vision_config.pooling_kernel_size)
+        kernel = self.position_kernel(config)
         shapes = []
         for positions in position_ids:  # (max_patches, 2) per image: (x, y), -1 for padding
             real = positions[(positions >= 0).all(dim=-1)]
@@ -56,6 +60,6 @@ class Gemma4Adapter(PlaceholderAdapter):
             ),
             kind="image",
             num_items=len(shapes),
-            family="Gemma 4",
+            family=self.family,
         )
         return merge_rows(image_positions, grids)

@@ -22,6 +22,7 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -89,7 +90,8 @@ class TableEntry:
         pixels: ``"square"`` (`(images, channels, size, size)` with the vision config's image size), ``"thw"``
             (Qwen-style flattened patches with `image_grid_thw`), ``"sizes"`` (square plus `image_sizes`), ``"5d"``
             (`(images, 1, channels, size, size)`), or `config -> (pixel inputs, grid shapes)` for a family whose real
-            image processor builds them (the grid shapes from the processor's own numbers).
+            image processor builds them (the grid shapes from the processor's own numbers; per image one shape, or
+            `(suffix, shape)` pairs for an image of several views).
         image_size: the square images' side in pixels (defaults to the vision config's `image_size`).
         thw: the `image_grid_thw` rows of the three images, for ``pixels="thw"``.
         patch_shape: ``"flat"`` (`(patches, channels * temporal * patch**2)`) or ``"chw"`` (`(patches, channels,
@@ -103,6 +105,9 @@ class TableEntry:
         vision_stand_in: `config -> vision config` put in place of the family's own vision config before the model
             is built (a tower transformers builds natively, for families whose own tower needs a library this
             environment lacks, e.g. timm); the adapter under test never looks inside the tower.
+        image_text: `(config, pixel inputs, image index, features) -> token ids` standing for one image in the
+            prompt, as the family's processor writes them (markers around the placeholders); default: `features`
+            placeholder tokens.
         teacher_issue: why the teacher fails on this family (the test is then an xfail).
         slow: keep the case out of the default run.
         notes: one line for docs/supported-models.md.
@@ -132,6 +137,7 @@ class TableEntry:
     extra_pixels: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
     mrope: bool = False
     vision_stand_in: Callable[[Any], Any] | None = None
+    image_text: Callable[[Any, dict[str, Any], int, int], list[int]] | None = None
     teacher_issue: str | None = None
     slow: bool = False
     notes: str = ""
@@ -217,6 +223,8 @@ def _features_per_image(output: Any, num_images: int, sizes: list[int] | None = 
     `sizes` (the processor's per-image counts) split one tensor of all images' features when its rows add up."""
     if hasattr(output, "pooler_output") and output.pooler_output is not None:
         output = output.pooler_output
+    elif getattr(output, "deepstack_features", None):  # Granite 4 Vision: only (layer, per-image list) pairs
+        output = output.deepstack_features[0][1]
     elif hasattr(output, "last_hidden_state"):
         output = output.last_hidden_state
     if isinstance(output, list | tuple):
@@ -298,7 +306,7 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         with torch.no_grad():
             sizes = [math.prod(shape) for shape in processor_shapes] if processor_shapes else None
             counts = _features_per_image(encode(**pixels), num_images, sizes)
-    rows, marks = prompt_rows(entry, config, counts, processor_shapes)
+    rows, marks = prompt_rows(entry, config, counts, processor_shapes, pixels)
     inputs = left_pad(rows) | pixels
     padded = left_pad(marks)
     image_marks = padded["input_ids"] * padded["attention_mask"]  # 1 on image tokens, 0 on padding
@@ -312,10 +320,20 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
     shapes = processor_shapes or [grid_shape(entry, config, counts[i], i) for i in range(num_images)]
     kind, first = entry.media, entry.images_per_row[0]
     expected = [
-        [(f"{kind} {i}", shapes[i]) for i in range(first)],
-        [(f"{kind} {i}", shapes[first + i]) for i in range(entry.images_per_row[1])],
+        [grid for i in range(first) for grid in image_grids(i, shapes[i], kind)],
+        [grid for i in range(entry.images_per_row[1]) for grid in image_grids(i, shapes[first + i], kind)],
     ]
     return model, inputs, expected
+
+
+def image_grids(
+    local: int, shape: tuple[int, ...] | list[tuple[str, tuple[int, ...]]], kind: str = "image"
+) -> list[tuple[str, tuple]]:
+    """The expected `(label, shape)` grids of one image (or video): one grid, or `(suffix, shape)` pairs of a
+    multi-view image (``"image 0 base"``, ``"image 0 tiles"``)."""
+    if isinstance(shape, list):
+        return [(f"{kind} {local} {suffix}", tuple(grid)) for suffix, grid in shape]
+    return [(f"{kind} {local}", shape)]
 
 
 def config_id(config: Any, names: tuple[str, ...]) -> int:
@@ -771,7 +789,11 @@ INKLING_LOCALITY = {
 
 # --- qformer: shared helpers
 def prompt_rows(
-    entry: TableEntry, config: Any, counts: list[int], shapes: list[tuple[int, ...]] | None = None
+    entry: TableEntry,
+    config: Any,
+    counts: list[int],
+    shapes: list[tuple[int, ...]] | None = None,
+    pixels: dict[str, Any] | None = None,
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Two prompt rows (`entry.images_per_row` images each, `counts[i]` tokens for image i, words around them) and,
     per row, 1 on the image tokens. Image tokens are the placeholder id, or, with `entry.image_mask_input`, the
@@ -791,8 +813,12 @@ def prompt_rows(
         row, mark = [BOS], [0]
         for piece in pieces:
             if isinstance(piece, int):
-                if entry.image_tokens is not None:
-                    ids = entry.image_tokens(config, image_id, shapes[piece])
+                if entry.image_tokens is not None or entry.image_text is not None:
+                    ids = (
+                        entry.image_tokens(config, image_id, shapes[piece])
+                        if entry.image_tokens is not None
+                        else entry.image_text(config, pixels, piece, counts[piece])
+                    )
                     row += ids
                     mark += [int(token == image_id) for token in ids]
                     continue
@@ -873,6 +899,248 @@ def git_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
     pixel_values = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     grid = (size // patch, size // patch) if frames is None else (frames, size // patch, size // patch)
     return {"pixel_values": pixel_values}, [grid] * 2
+
+
+# --- ocr: shared helpers of the coverage helper "ocr" (multi-view images, prompts with markers)
+def unified_patches(
+    sizes: list[tuple[int, int]], block: int, length: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images cut into `block x block` pixel blocks as Gemma 4 unified's image processor lays them out (its module
+    needs torchvision, not installed here): per image the blocks row-major, each flattened `(block, block, 3)`, padded
+    to `length` with `(-1, -1)` positions; positions are `(x, y)` in blocks.
+
+    Returns:
+        `(images, length, block * block * 3)` pixel values and `(images, length, 2)` positions.
+    """
+    import numpy as np
+    from family_builders import images
+
+    pixel_values = torch.zeros(len(sizes), length, block * block * 3)
+    positions = torch.full((len(sizes), length, 2), -1, dtype=torch.long)
+    for index, image in enumerate(images(*sizes, seed=seed)):
+        array = torch.from_numpy(np.array(image)).float() / 255  # (h, w, 3)
+        rows, cols = array.shape[0] // block, array.shape[1] // block
+        blocks = array.reshape(rows, block, cols, block, 3).transpose(1, 2).reshape(rows * cols, -1)
+        pixel_values[index, : rows * cols] = blocks
+        y, x = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        positions[index, : rows * cols] = torch.stack([x.flatten(), y.flatten()], dim=-1)
+    return pixel_values, positions
+
+
+def gemma4_unified_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Gemma 4 unified: 16x24, 24x16 and 16x16 images in merged 8 px blocks (patch 4, merge 2), padded to 70."""
+    vision = config.vision_config
+    block = vision.patch_size * vision.pooling_kernel_size
+    sizes = [(16, 24), (24, 16), (16, 16)]
+    pixel_values, positions = unified_patches(sizes, block, length=70)
+    return {"pixel_values": pixel_values, "image_position_ids": positions}, [
+        (h // block, w // block) for h, w in sizes
+    ]
+
+
+def granite4_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, tuple[int, ...]]]]]:
+    """Granite 4 Vision: its (LLaVA-NeXT) image processor on 10x30, 20x12 and 16x16 images (16 px crops); the grids
+    from `Granite4VisionProcessor`'s own feature count (base crop at the Q-Former's reduced side, unpadded tiles)."""
+    from family_builders import images, make_tokenizer
+    from transformers import Granite4VisionProcessor
+    from transformers.image_processing_utils import select_best_resolution
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    crop = config.vision_config.image_size
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": crop},
+        crop_size={"height": crop, "width": crop},
+        image_grid_pinpoints=GRANITE4_PINPOINTS,
+    )
+    processor = Granite4VisionProcessor(
+        image_processor=image_processor,
+        tokenizer=make_tokenizer(["<image>"]),
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        downsample_rate=config.downsample_rate,
+    )
+    sizes = [(10, 30), (20, 12), (16, 16)]
+    out = image_processor(images=images(*sizes), return_tensors="pt")
+    side = int(crop // config.vision_config.patch_size * Fraction(config.downsample_rate))
+    shapes = []
+    for height, width in sizes:
+        best_h, best_w = select_best_resolution([height, width], GRANITE4_PINPOINTS)
+        unpadded, rows = processor._get_unpadded_features(height, width, side, side, best_h // crop, best_w // crop)
+        shapes.append([("base", (side, side)), ("tiles", (rows, unpadded // rows))])
+    return {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}, shapes
+
+
+GRANITE4_PINPOINTS = [[16, 32], [32, 16], [32, 32]]
+GRANITE4 = {
+    "vision_config.patch_size": 4,
+    "vision_config.image_size": 16,
+    "image_grid_pinpoints": GRANITE4_PINPOINTS,
+    "downsample_rate": "1/2",
+    "deepstack_layer_map": [(1, 0)],
+    "spatial_target_layers": [1],
+    "qformer_config.encoder_hidden_size": 32,
+    "projector_dropout": 0.0,
+}
+
+
+OCR_SIZES = [(24, 72), (20, 24), (64, 28)]
+"""Images for Unlimited-OCR: wider than a crop (cropped 3x1), smaller (global view only), taller (cropped 1x2)."""
+
+
+def ocr_views(config: Any, sizes: list[tuple[int, int]]) -> tuple[dict[str, Any], list[int], list[list[int]]]:
+    """DeepSeek-OCR 2's PIL image processor (64 px global views padded square, 32 px crops, 2-6 crops) on
+    `OCR_SIZES`; also the crops' `(columns, rows)` as Unlimited-OCR's processor writes `patches_grid` (1, 1 when not
+    cropped), from the same tiling function. Returns the pixel inputs, crops per image and the grid."""
+    from family_builders import images
+    from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import (
+        DeepseekOcr2ImageProcessorPil,
+        get_optimal_tiled_canvas,
+    )
+
+    processor = DeepseekOcr2ImageProcessorPil(size={"height": 64, "width": 64}, tile_size=32)
+    out = processor(images=images(*sizes), return_tensors="pt")
+    crops = [int(n) for n in out["num_local_patches"]]
+    grid = [
+        list(get_optimal_tiled_canvas(size, (32, 32), 2, 6)) if n else [1, 1]
+        for size, n in zip(sizes, crops, strict=True)
+    ]
+    assert [c * r for c, r in grid] == [n or 1 for n in crops]
+    pixels = {"pixel_values": out["pixel_values"], "num_local_patches": crops}
+    if "pixel_values_local" in out:
+        pixels["pixel_values_local"] = out["pixel_values_local"]
+    return pixels, crops, grid
+
+
+def unlimited_ocr_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, tuple[int, ...]]]]]:
+    """Unlimited-OCR: the grids from `UnlimitedOcrProcessor.replace_image_token`'s numbers (q = size // patch /
+    downsample 4): crops stitched `(rows * q_local, cols * q_local)`, the global view `(q_global, q_global)`."""
+    pixels, crops, grid = ocr_views(config, OCR_SIZES)
+    patch = config.vision_config.sam_config.patch_size
+    q_global, q_local = math.ceil(64 // patch / 4), math.ceil(32 // patch / 4)
+    shapes = []
+    for n, (columns, rows) in zip(crops, grid, strict=True):
+        tiles = [("tiles", (rows * q_local, columns * q_local))] if n else []
+        shapes.append([*tiles, ("base", (q_global, q_global))])
+    return pixels | {"patches_grid": grid}, shapes
+
+
+def deepseek_ocr2_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, tuple[int, ...]]]]]:
+    """DeepSeek-OCR 2: every view (crop or global) gives the 144 queries of its smaller query table (at most 144 SAM
+    patches a view here), 1-D; only the first image is cropped (2x1), as every view costs 144 tokens."""
+    pixels, crops, _ = ocr_views(config, [(24, 56), (20, 24), (16, 16)])
+    return pixels, [[*((f"tile {k}", (144,)) for k in range(n)), ("base", (144,))] for n in crops]
+
+
+OCR_SAM = {
+    "vision_config.sam_config.patch_size": 4,
+    "vision_config.sam_config.image_size": 64,
+    "vision_config.sam_config.window_size": 4,
+    "vision_config.sam_config.global_attn_indexes": [1],
+    "vision_config.sam_config.mlp_dim": 64,
+    "vision_config.sam_config.output_channels": 16,
+    "vision_config.sam_config.downsample_channels": [16, 32],
+}
+UNLIMITED_OCR = {
+    **OCR_SAM,
+    "vision_config.encoder_config.image_size": 16,
+    "vision_config.encoder_config.patch_size": 4,
+    "text_config.mlp_layer_types": ["dense", "sparse"],
+}
+DEEPSEEK_OCR2 = {**OCR_SAM, "text_config.mlp_layer_types": ["dense", "sparse"], "text_config.num_experts_per_tok": 2}
+
+
+MOLMO2_SIZES = [(20, 44), (24, 24), (40, 20)]
+MOLMO2_COL = 211
+"""`<im_col>`: the tiny vocabulary's id for Molmo2's row-end token (the config does not name it)."""
+
+
+def molmo2_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, tuple[int, ...]]]]]:
+    """Molmo2's own image processor code on `MOLMO2_SIZES` (24 px crops, patch 4, overlap margins 1, pooling 2x2, up
+    to 4 crops), with its two torchvision calls (resize, rescale-normalize) replaced by torch equivalents: its crop
+    geometry, `image_token_pooling` and `image_grids` are the processor's. Grids: `image_grids` per image."""
+    import numpy as np
+    from family_builders import images
+    from transformers.image_utils import SizeDict
+    from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
+
+    class TorchOnly(Molmo2ImageProcessor):
+        def resize(self, image, size, resample=None, antialias=True, **kwargs):
+            return torch.nn.functional.interpolate(image, size=(size.height, size.width), mode="bilinear")
+
+        def rescale_and_normalize(self, image, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
+            image = image.float() * rescale_factor if do_rescale else image.float()
+            if do_normalize:
+                mean, std = torch.tensor(image_mean).view(-1, 1, 1), torch.tensor(image_std).view(-1, 1, 1)
+                image = (image - mean) / std
+            return image
+
+    processor = TorchOnly()
+    tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in images(*MOLMO2_SIZES)]
+    out = processor._preprocess(
+        tensors,
+        do_resize=True,
+        size=SizeDict(height=24, width=24),
+        resample=processor.resample,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=processor.image_mean,
+        image_std=processor.image_std,
+        do_convert_rgb=True,
+        max_crops=4,
+        overlap_margins=[1, 1],
+        patch_size=config.vision_config.patch_size,
+        pooling_size=[2, 2],
+        disable_grouping=None,
+        return_tensors="pt",
+    )
+    pixels = {key: out[key] for key in ("pixel_values", "image_token_pooling", "image_grids", "image_num_crops")}
+    shapes = [
+        [("base", (low_h, low_w)), ("tiles", (high_h, high_w))]
+        for low_h, low_w, high_h, high_w in out["image_grids"].tolist()
+    ]
+    return pixels, shapes
+
+
+def molmo2_text(config: Any, pixels: dict[str, Any], image: int, features: int) -> list[int]:
+    """`Molmo2Processor.replace_image_token`: the low view (`<low_res_im_start>`, rows of `<im_patch>` each ended by
+    `<im_col>`, `<im_end>`), then the high view likewise after `<im_start>`."""
+    low_h, low_w, high_h, high_w = pixels["image_grids"][image].tolist()
+    assert low_h * low_w + high_h * high_w == features
+    patch = config.image_patch_id
+
+    def view(start: int, rows: int, cols: int) -> list[int]:
+        return [start, *([patch] * cols + [MOLMO2_COL]) * rows, config.image_end_token_id]
+
+    return view(config.low_res_image_start_token_id, low_h, low_w) + view(config.image_start_token_id, high_h, high_w)
+
+
+def molmo2_token_types(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """`mm_token_type_ids` as Molmo2's processor writes them: 1 on every image token (patches, columns, starts,
+    ends), so they share one bidirectional attention block."""
+    config = model.config
+    ids = [config.image_patch_id, MOLMO2_COL, config.image_start_token_id, config.low_res_image_start_token_id]
+    ids.append(config.image_end_token_id)
+    return {"mm_token_type_ids": torch.isin(inputs["input_ids"], torch.tensor(ids)).long()}
+
+
+MOLMO2 = {
+    "image_patch_id": 210,
+    "vision_config.patch_size": 4,
+    "vision_config.image_size": [24, 24],
+    "vision_config.num_position_embeddings": 36,
+    "adapter_config.vision_feature_layer": [-1, -2],
+}
+
+
+GEMMA4_UNIFIED = {
+    "vision_config.patch_size": 4,
+    "vision_config.pooling_kernel_size": 2,
+    "vision_config.mm_embed_dim": 32,
+    "vision_config.output_proj_dims": 32,
+    "vision_config.mm_posemb_size": 64,
+}
 
 
 # ---------------------------------------------------------------------------------------------------- the table
@@ -1225,6 +1493,41 @@ TABLE: list[TableEntry] = [
         slow=True,
         notes="2 frames prepended frame by frame",
     ),
+    # --- ocr
+    TableEntry(
+        "gemma4_unified",
+        config_kwargs={"vision_config": {}},
+        overrides=GEMMA4_UNIFIED,
+        pixels=gemma4_unified_pixels,
+        notes="encoder-free: one soft token per merged block",
+    ),
+    TableEntry(
+        "granite4_vision",
+        overrides=GRANITE4,
+        pixels=granite4_pixels,
+        notes="LLaVA-NeXT tiles through Window Q-Former downsamplers; deepstack injection",
+    ),
+    TableEntry(
+        "unlimited_ocr",
+        overrides=UNLIMITED_OCR,
+        pixels=unlimited_ocr_pixels,
+        notes="SAM + CLIP towers; stitched crops and global view, newline per row, view separator",
+    ),
+    TableEntry(
+        "deepseek_ocr2",
+        overrides=DEEPSEEK_OCR2,
+        pixels=deepseek_ocr2_pixels,
+        slow=True,
+        notes="SAM tower + causal flow encoder: 144 learned queries a view, 1-D (about 400 image tokens a row: slow)",
+    ),
+    TableEntry(
+        "molmo2",
+        overrides=MOLMO2,
+        pixels=molmo2_pixels,
+        image_text=molmo2_text,
+        extra_inputs=molmo2_token_types,
+        notes="low-res view + overlapping crops pooled 2x2; column and start/end markers in the prompt",
+    ),
 ]
 
 
@@ -1287,12 +1590,33 @@ EXPANDED_IMAGES_PERMUTED = {
     "glm5_next": "transformers 5.24's Glm5NextForConditionalGeneration._expand_multimodal_outputs repeats each image "
     "instead of each row's group of images, so when generate() expands the rows (beam search, num_return_sequences) "
     "the copies of a two-image row [A, B] get [A, A], [A, B], [B, B]: plain generate() itself decodes other image "
-    "features than a forward of the returned sequences"
+    "features than a forward of the returned sequences",
+    "nemotron_h_omni": "transformers 5.24's `_expand_multimodal_outputs` of Nemotron 3 Nano Omni repeats each image of "
+    "a row on its own ([A, A, A, B, B, B]) where the copies of a two-image row need [A, B] each: without FastRM, "
+    "generate(num_return_sequences=3) gives prefill logits 0.04-0.28 away from one forward on the wrong copies",
+    "granite4_vision": "transformers 5.24's `Granite4VisionForConditionalGeneration._expand_multimodal_outputs` "
+    "repeats each image of a row on its own ([A, B] -> [A, A, A, B, B, B]) instead of the row's group, so an expanded "
+    "two-image row decodes with another image's deepstack features (with the group order fixed the beam test passes)",
 }
-"""Table cases whose own generate() writes the wrong images into expanded rows (test_modes marks those modes xfail)."""
+"""Table cases whose own generate() writes the wrong images into expanded rows (test_modes marks those modes xfail,
+not strict: a row whose copies happen to get the right images passes)."""
 LOCALITY_PATCH_MERGE["hy_v4_vl"] = 1
 """HY-V4-VL's flattened patches are in row-major `(t, h, w)` order, not Qwen's merge-block order (its image
 processor: "Flatten patches in row-major order in comparison to Qwen"; its merger reshapes them to `(h, w)`)."""
+
+# --- ocr
+LOCALITY_UNCHECKED |= {
+    "gemma4_unified": "the locality probe's pixel decoder does not know merged-block patch lists (`(images, blocks, "
+    "block * block * 3)`); not investigated",
+    "granite4_vision": "no probe possible: the image features enter at decoder layers (deepstack injection), the "
+    "input embeddings at image tokens are zeros, so their gradient says nothing about the pixels",
+    "unlimited_ocr": "the probe follows `pixel_values` / `pixel_values_videos` only; the crops' tokens come from "
+    "`pixel_values_local`, so their receptive fields are not seen (not investigated further)",
+    "deepseek_ocr2": "1-D learned queries: every query attends to the whole view, there is no locality to check",
+    "molmo2": "the locality probe's pixel decoder does not know Molmo2's crops of flattened patches (`(crops, "
+    "patches, patch * patch * 3)`, overlapping crops); not investigated",
+}
+LOCALITY_SLOW |= {"unlimited_ocr"}  # an expected failure costing ~20 s (one backward per image token)
 
 
 def table_cases() -> list[FamilyCase]:

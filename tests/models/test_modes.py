@@ -52,13 +52,6 @@ MODES: dict[str, tuple[dict, int, bool]] = {
 # FastRM's maps follow the states the model really had.
 GLM_BEAM_MISMATCH = {"glm4v", "glm46v", "glm_ocr", "glmga", "glm4v_moe"}
 
-# --- timm: Nemotron 3 Nano Omni's own `_expand_multimodal_outputs` repeats each image of a prompt row `expand_size`
-# times in a row ([img1, img1, img1, img2, img2, img2]) where the expanded copies of a two-image row need [img1, img2]
-# each: without FastRM, generate(num_return_sequences=3) gives prefill logits that differ from one forward by 0.04-0.28
-# on copies 0 and 2 of the two-image row and by 0 on copy 1 and on the one-image row (transformers 5.24). FastRM's
-# maps follow the images the model really read.
-NEMOTRON_OMNI_EXPANSION = {"nemotron_h_omni"}
-
 
 def matrix() -> list:
     params = []
@@ -74,12 +67,9 @@ def matrix() -> list:
                     )
                 )
             if case.name in EXPANDED_IMAGES_PERMUTED and expands:
-                marks.append(pytest.mark.xfail(reason=EXPANDED_IMAGES_PERMUTED[case.name], strict=True))
-            if case.name in NEMOTRON_OMNI_EXPANSION and expands:
                 marks.append(
                     pytest.mark.xfail(
-                        reason="Nemotron Omni hands expanded copies of a two-image row the wrong images "
-                        "(transformers 5.24 `_expand_multimodal_outputs`)",
+                        reason=EXPANDED_IMAGES_PERMUTED[case.name],
                         strict=False,
                     )
                 )
