@@ -304,7 +304,7 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         if "image_merge_sizes" in inspect.signature(encode).parameters:  # VideoLLaMA3
             pixels["image_merge_sizes"] = torch.full((num_images,), merge_size(config), dtype=torch.long)
         with torch.no_grad():
-            sizes = [math.prod(shape) for shape in processor_shapes] if processor_shapes else None
+            sizes = [grid_cells(shape) for shape in processor_shapes] if processor_shapes else None
             counts = _features_per_image(encode(**pixels), num_images, sizes)
     rows, marks = prompt_rows(entry, config, counts, processor_shapes, pixels)
     inputs = left_pad(rows) | pixels
@@ -324,6 +324,13 @@ def build_entry(entry: TableEntry) -> tuple[torch.nn.Module, dict[str, Any], lis
         [grid for i in range(entry.images_per_row[1]) for grid in image_grids(i, shapes[first + i], kind)],
     ]
     return model, inputs, expected
+
+
+def grid_cells(shape: tuple[int, ...] | list[tuple[str, tuple[int, ...]]]) -> int:
+    """Cells of one image's grid, or of all its views' grids (`(suffix, shape)` pairs)."""
+    if isinstance(shape, list):
+        return sum(math.prod(grid) for _, grid in shape)
+    return math.prod(shape)
 
 
 def image_grids(
