@@ -77,8 +77,6 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         ("dots3_note",),
         family="dots3 note",
         grid_description=THW,
-        teacher_support="no: the teacher's attention capture fails on its MLA/indexer attention (the recorded "
-        "attention does not reshape to (batch, heads, rows, keys)); FastRM is unaffected",
         tested_configs=("dots3_note: merged patches by image_grid_thw (1x4x4, 1x4x6, 1x6x4); MLA decoder",),
     ),
     PlaceholderAdapter(
