@@ -18,7 +18,7 @@ import torch
 
 from .base import RowImageLayout
 from .generic import PlaceholderAdapter
-from .grids import MediaPlan, assign_media, merge_rows, per_item_list, square_grid, token_positions
+from .grids import grids_from_shapes, per_item_list
 
 
 def vq_downsampling(config: Any) -> int:
@@ -55,12 +55,4 @@ class Apertus1p5Adapter(PlaceholderAdapter):
             return super().image_layout(config, input_ids, model_kwargs)
         factor = vq_downsampling(config)
         shapes = [(int(height) // factor, int(width) // factor) for height, width in sizes]
-        positions = token_positions(input_ids, self.image_token_id(config))
-        grids = assign_media(
-            positions,
-            lambda item, row: MediaPlan(shapes[item][0] * shapes[item][1], [("", square_grid(*shapes[item]))]),
-            kind="image",
-            num_items=len(shapes),
-            family=self.family,
-        )
-        return merge_rows(positions, grids)
+        return grids_from_shapes(input_ids, self.image_token_id(config), shapes, self.family)

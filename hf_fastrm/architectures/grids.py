@@ -166,6 +166,22 @@ def merge_rows(
     return layouts
 
 
+def grids_from_shapes(
+    input_ids: torch.Tensor, token_id: int, shapes: list[tuple[int, int]], family: str
+) -> list[RowImageLayout]:
+    """Layouts of `input_ids` `(batch, seq)` whose image tokens (`token_id`) are, image after image in prompt order,
+    one row-major `(height, width)` grid each (`shapes`, one per image of the batch, from the processor outputs)."""
+    positions = token_positions(input_ids, token_id)
+    grids = assign_media(
+        positions,
+        lambda item, row: MediaPlan(shapes[item][0] * shapes[item][1], [("", square_grid(*shapes[item]))]),
+        kind="image",
+        num_items=len(shapes),
+        family=family,
+    )
+    return merge_rows(positions, grids)
+
+
 def union_positions(*positions_per_row: list[torch.Tensor]) -> list[torch.Tensor]:
     """Per row, the sorted union of several kinds of token positions (images and videos)."""
     return [torch.cat(rows).sort().values for rows in zip(*positions_per_row, strict=True)]

@@ -16,7 +16,7 @@ import torch
 
 from .base import RowImageLayout
 from .generic import PlaceholderAdapter
-from .grids import MediaPlan, assign_media, merge_rows, per_item_list, square_grid, token_positions
+from .grids import grids_from_shapes, per_item_list
 
 
 class MiniCPMVAdapter(PlaceholderAdapter):
@@ -59,12 +59,4 @@ class MiniCPMVAdapter(PlaceholderAdapter):
             return super().image_layout(config, input_ids, model_kwargs)
         down_h, down_w = self.downsampling(config, model_kwargs)
         shapes = [(int(h) // down_h, int(w) // down_w) for h, w in sizes]
-        positions = token_positions(input_ids, self.image_token_id(config))
-        grids = assign_media(
-            positions,
-            lambda item, row: MediaPlan(shapes[item][0] * shapes[item][1], [("", square_grid(*shapes[item]))]),
-            kind="image",
-            num_items=len(shapes),
-            family=self.family,
-        )
-        return merge_rows(positions, grids)
+        return grids_from_shapes(input_ids, self.image_token_id(config), shapes, self.family)
