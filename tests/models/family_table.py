@@ -1586,8 +1586,9 @@ LOCALITY_UNCHECKED |= {
     "locality to check"
     for name in ("blip-2", "instructblip", "instructblipvideo", "kosmos-2", "kosmos-2.5")
 } | {
-    "git": "not adapted: the probe differentiates image tokens' input embeddings at prompt positions, and GIT's image "
-    "tokens are prepended to the decoder's sequence (none is in input_ids)",
+    name: "not adapted: the probe differentiates image tokens' input embeddings at prompt positions, and GIT's image "
+    "tokens are prepended to the decoder's sequence (none is in input_ids)"
+    for name in ("git", "git-video")
 }
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""
