@@ -310,7 +310,8 @@ class HiddenStateTap:
                     "`inputs_embeds` only. Pass the processor's `input_ids` (and pixel values) instead."
                 )
             return
-        if input_ids.shape[-1] <= 1 or self._continues_current_sequence(input_ids):
+        one_token = input_ids.shape[-1] <= 1 and not self.adapter.starts_with_one_token(kwargs)
+        if one_token or self._continues_current_sequence(input_ids):
             return
         # what generate() handed to the image/video encoders before prefill, under this call's own kwargs
         encoder_kwargs, self._encoder_kwargs = self._encoder_kwargs, {}

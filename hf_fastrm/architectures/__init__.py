@@ -88,6 +88,10 @@ for _instance in (
     Molmo2Adapter(),
 ):
     register_architecture(_instance)
+# --- blip: a captioner whose generate() hands the text decoder the image states
+from .blip import BlipAdapter  # noqa: E402
+
+register_architecture(BlipAdapter())
 
 __all__ = [
     "Apertus1p5Adapter",

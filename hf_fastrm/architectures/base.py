@@ -214,6 +214,12 @@ class ArchitectureAdapter:
         default): the usual rule (`generate()`'s positions from the attention mask, or the model's own)."""
         return None
 
+    def starts_with_one_token(self, forward_kwargs: dict[str, Any]) -> bool:
+        """Whether a forward of the generation module over ONE new token is a prefill (a prompt of one token, BLIP's
+        captioning BOS), judged from its keyword arguments. `False` (the default): a one-token call is a decoding step,
+        prefills have more than one token."""
+        return False
+
     def sequence_prefix(self, config: Any, model_kwargs: dict[str, Any]) -> int:
         """How many positions the model puts in front of ``input_ids`` in the decoder's sequence (GIT prepends its
         image features; 0, the default, for every family that writes them over tokens of the prompt). Layout

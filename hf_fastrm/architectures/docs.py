@@ -49,6 +49,9 @@ teacher equal to a naive reference (for greedy and beam-search sequences).
 
 ALL_MODES = "all: greedy, sampling, return sequences, beam search, streamer"
 MODE_EXCEPTIONS = {
+    # --- blip
+    "blip": "greedy, beam search (3 returning 2), sampling (2 return sequences), with and without a prompt "
+    "(tests/models/test_blip.py); streamer not tested",
     "llama4": "none: plain generate() fails in transformers 5.24 (image features and tokens do not match)",
     **{
         model_type: "all but beam search: plain generate() fails with beams in transformers 5.24 (IndexError)"
@@ -131,11 +134,6 @@ know), set `model_types`, implement `image_layout(config, input_ids, model_kwarg
 
 # Why a model type of the mapping has no tested adapter (types named nowhere are "untested").
 NOT_DONE: dict[str, str] = {
-    "blip": "encoder-decoder captioner, not on the encoder-decoder route yet: `BlipForConditionalGeneration.generate()` "
-    "runs the vision model itself and calls `text_decoder.generate(encoder_hidden_states=image_embeds)`, so the top "
-    "model's forward (which the tap hooks) never runs; the keys would be the text decoder's `encoder_hidden_states` at "
-    "its prefill, whose width (vision) can differ from the decoder's (BLIP-large: 1024 vs 768), which needs a head "
-    "with a separate key width (not written)",
     "udop": "encoder-decoder (T5) over layout tokens, not on the encoder-decoder route yet: its encoder merges image "
     "patches into the text tokens whose boxes cover them and appends the rest (`combine_image_text_embeddings`), so "
     "the image positions of the encoder's sequence need that box logic in an adapter (not written)",

@@ -188,6 +188,11 @@ def gradient_relevancy(
     model = _unwrap(model)
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
+    refusal = getattr(get_adapter(model), "teacher_refusal", None)
+    if refusal and not get_adapter(model).is_encoder_decoder:  # encoder-decoder refusals: their teacher's own check
+        raise NotImplementedError(
+            f"The gradient teacher does not support {get_adapter(model).family} ({refusal.removeprefix('no: ')})."
+        )
     if get_adapter(model).is_encoder_decoder:
         if layers is not None or return_text_relevancy:
             raise ValueError(

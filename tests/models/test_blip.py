@@ -1,0 +1,167 @@
+"""BLIP (``BlipForConditionalGeneration``): its generate() runs the vision tower and hands generation to the text
+decoder's generate() with the image states as ``encoder_hidden_states``; FastRM taps the text decoder.
+
+Checked: tokens identical to plain generate() (greedy; beam search 3 returning 2; seeded sampling returning 2), maps equal to the head on ONE
+separate forward (the text decoder's last hidden states against the vision tower's states), maps in [0, 1], a reused
+logits processor, captioning without a prompt (a one-token prefill) and with one; refusals of unequal vision/text
+widths and of the gradient teacher (BLIP's attention computes its softmax inline, where the teacher cannot probe it).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from transformers import BlipConfig, BlipForConditionalGeneration
+
+from hf_fastrm import FastRMLogitsProcessor, FastRMWrapper
+from hf_fastrm.architectures import get_adapter
+from hf_fastrm.teacher import gradient_relevancy
+from hf_fastrm.testing_utils import tiny_head
+
+GREEDY = {"do_sample": False, "max_new_tokens": 4, "min_new_tokens": 4}
+BEAMS = {**GREEDY, "num_beams": 3, "num_return_sequences": 2}
+PAD, BOS, SEP = 0, 30, 31
+SIDE = 4  # 16 px images, 4 px patches: CLS + a 4 x 4 grid
+
+
+def blip_model(vision_width: int = 32) -> BlipForConditionalGeneration:
+    """Tiny BLIP: a 2-layer ViT on 16 px images (patch 4) and a 2-layer BERT-style text decoder of width 32."""
+    config = BlipConfig(
+        text_config=dict(
+            vocab_size=99,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            bos_token_id=BOS,
+            sep_token_id=SEP,
+            eos_token_id=SEP,
+            pad_token_id=PAD,
+        ),
+        vision_config=dict(
+            hidden_size=vision_width,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=16,
+            patch_size=4,
+        ),
+    )
+    torch.manual_seed(0)
+    return BlipForConditionalGeneration(config).eval()
+
+
+@functools.cache
+def built(case: str):
+    """`(model, inputs, head)`: two images; "caption": no prompt (generate() starts from BOS alone); "prompt": a
+    processor-style ``[CLS] a b c [SEP]`` prompt (generate() writes BOS over the first token, drops the last)."""
+    model = blip_model()
+    generator = torch.Generator().manual_seed(1)
+    inputs = {"pixel_values": torch.randn(2, 3, 16, 16, generator=generator)}
+    if case == "prompt":
+        inputs["input_ids"] = torch.tensor([[101, 5, 6, 7, SEP], [101, 8, 9, 10, SEP]])
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    return model, inputs, tiny_head(model)
+
+
+def reference_maps(model, head, pixel_values, sequences, prompt_length) -> torch.Tensor:
+    """`(rows, new_tokens, 1 + SIDE**2)`: the head on ONE separate forward: the text decoder's last hidden states at
+    the positions that chose each token, against the vision tower's states (every one an image token)."""
+    with torch.no_grad():
+        image_states = model.vision_model(pixel_values=pixel_values).last_hidden_state
+        text_states = model.text_decoder.bert(
+            input_ids=sequences[:, :-1], encoder_hidden_states=image_states, is_decoder=True
+        ).last_hidden_state
+        return head(text_states[:, prompt_length - 1 :], image_states)
+
+
+def check(model, head, inputs, out, rows: int) -> None:
+    valid = out.token_mask.unsqueeze(-1) & out.image_token_mask.unsqueeze(1)
+    assert bool(valid.all()), "every generated token and every image state has a map value"
+    assert bool(((out.relevancy >= 0) & (out.relevancy <= 1)).all())
+    prompt_length = out.sequences.shape[1] - out.relevancy.shape[1]
+    pixel_values = inputs["pixel_values"].repeat_interleave(rows // inputs["pixel_values"].shape[0], dim=0)
+    reference = reference_maps(model, head, pixel_values, out.sequences, prompt_length)
+    # the same float32 arithmetic in a cached step-by-step decode and one full forward: rounding only
+    torch.testing.assert_close(out.relevancy, reference, rtol=1e-4, atol=1e-5)
+    for row in range(rows):
+        layout = out.image_layouts[row]
+        torch.testing.assert_close(layout.image_positions, torch.arange(1 + SIDE * SIDE), rtol=0, atol=0)
+        (grid,) = layout.image_grids  # the CLS (position 0) is in no cell
+        torch.testing.assert_close(grid, torch.arange(1, 1 + SIDE * SIDE).view(SIDE, SIDE), rtol=0, atol=0)
+        assert [tuple(m.shape) for m in out.relevancy_maps(row)] == [(out.relevancy.shape[1], SIDE, SIDE)]
+
+
+@pytest.mark.parametrize("case", ["caption", "prompt"])
+def test_greedy_tokens_identical_and_maps_equal_head_on_separate_forward(case):
+    model, inputs, head = built(case)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **GREEDY)
+    before = {name for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks}
+    out = FastRMWrapper(model, head).generate(**inputs, **GREEDY, return_relevancy=True)
+    assert {name for name, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks} == before
+    torch.testing.assert_close(out.sequences, plain, rtol=0, atol=0)
+    assert out.relevancy.shape == (2, 4, 1 + SIDE * SIDE)
+    check(model, head, inputs, out, rows=2)
+
+
+@pytest.mark.parametrize("case", ["caption", "prompt"])
+def test_beam_search_3_returning_2(case):
+    """The text decoder's generate() expands the image states with the rows; the maps follow the returned beams."""
+    model, inputs, head = built(case)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **BEAMS)
+    out = FastRMWrapper(model, head).generate(**inputs, **BEAMS, return_relevancy=True)
+    torch.testing.assert_close(out.sequences, plain, rtol=0, atol=0)
+    check(model, head, inputs, out, rows=4)
+
+
+def test_sampling_with_2_return_sequences():
+    """Seeded sampling, each image twice: the same tokens as plain generate() with the same seed."""
+    model, inputs, head = built("caption")
+    sampling = {"do_sample": True, "max_new_tokens": 4, "min_new_tokens": 4, "num_return_sequences": 2, "top_k": 0}
+    torch.manual_seed(7)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **sampling)
+    torch.manual_seed(7)
+    out = FastRMWrapper(model, head).generate(**inputs, **sampling, return_relevancy=True)
+    torch.testing.assert_close(out.sequences, plain, rtol=0, atol=0)
+    check(model, head, inputs, out, rows=4)
+
+
+def test_logits_processor_reused_across_calls():
+    """BLIP's generate() hands `logits_processor` on to the text decoder: one processor, two calls (both images,
+    then the second alone); each result is its own call's."""
+    model, inputs, head = built("caption")
+    with FastRMLogitsProcessor(model, head) as fastrm:
+        first = model.generate(**inputs, **GREEDY, logits_processor=[fastrm], return_dict_in_generate=True)
+        first_maps = fastrm.result_for(first).relevancy
+        second = model.generate(
+            pixel_values=inputs["pixel_values"][1:], **GREEDY, logits_processor=[fastrm], return_dict_in_generate=True
+        )
+        second_maps = fastrm.result_for(second).relevancy
+        with pytest.raises(ValueError, match="do not come from the last generate"):
+            fastrm.result_for(first)
+    torch.testing.assert_close(second.sequences, first.sequences[1:], rtol=0, atol=0)
+    torch.testing.assert_close(second_maps, first_maps[1:], rtol=1e-4, atol=1e-5)
+
+
+def test_refuses_unequal_vision_and_text_widths():
+    """BLIP-large's shape (vision wider than the text decoder): the head would read keys of the wrong width."""
+    model = blip_model(vision_width=24)
+    _, inputs, head = built("caption")
+    pixel_values = inputs["pixel_values"]
+    with pytest.raises(ValueError, match=r"vision width \(24\) differs from its text decoder's \(32\)"):
+        FastRMWrapper(model, head).generate(pixel_values=pixel_values, **GREEDY, return_relevancy=True)
+
+
+def test_teacher_refused_with_the_reason():
+    model, inputs, _ = built("caption")
+    with torch.no_grad():
+        sequences = model.generate(**inputs, **GREEDY)
+    assert get_adapter(model).teacher_support.startswith("no:")
+    with pytest.raises(NotImplementedError, match="attention interface"):
+        gradient_relevancy(model, inputs, sequences)
