@@ -102,7 +102,7 @@ class BlipAdapter(ArchitectureAdapter):
             config: the `BlipConfig`.
             input_ids (`torch.LongTensor` of shape `(rows, seq)`): the decoder's prompt.
             model_kwargs: ``pixel_values`` `(rows, channels, H, W)` (the grid from its size) or the decoder's
-                ``encoder_hidden_states`` `(rows, 1 + patches, hidden)` (a square grid); else the config's image size.
+                ``encoder_hidden_states`` `(rows, 1 + side**2, hidden)`, checked against the config's image size.
         """
         patch = int(config.vision_config.patch_size)
         pixel_values = model_kwargs.get("pixel_values")
@@ -112,12 +112,13 @@ class BlipAdapter(ArchitectureAdapter):
         else:
             side = int(config.vision_config.image_size) // patch
             rows, cols = side, side
-        if isinstance(states, torch.Tensor) and states.shape[1] != 1 + rows * cols:
-            raise ValueError(
-                f"BLIP's text decoder got {states.shape[1]} image states, not the CLS + {rows}x{cols} patches of a "
-                f"{config.vision_config.image_size} px image: pass `pixel_values` of the configured size (or "
-                "`interpolate_pos_encoding=True` with the pixel values to generate())."
-            )
+            if isinstance(states, torch.Tensor) and int(states.shape[1]) != 1 + side * side:
+                # inside generate() the decoder sees only the states, whose count does not say the image's shape
+                raise ValueError(
+                    f"BLIP's text decoder got {states.shape[1]} image states, not the CLS + {side}x{side} patches of "
+                    f"a {config.vision_config.image_size} px image: FastRM does not follow images of another size "
+                    "(`interpolate_pos_encoding=True`). Let the processor resize the image to the configured size."
+                )
         grid = torch.arange(1, 1 + rows * cols).view(rows, cols)
         positions = torch.arange(1 + rows * cols)
         return [

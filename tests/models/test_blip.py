@@ -4,7 +4,7 @@ decoder's generate() with the image states as ``encoder_hidden_states``; FastRM 
 Checked: tokens identical to plain generate() (greedy; beam search 3 returning 2; seeded sampling returning 2), maps equal to the head on ONE
 separate forward (the text decoder's last hidden states against the vision tower's states), maps in [0, 1], a reused
 logits processor, captioning without a prompt (a one-token prefill) and with one; refusals of unequal vision/text
-widths and of the gradient teacher (BLIP's attention computes its softmax inline, where the teacher cannot probe it).
+widths, of images of another size, and of the gradient teacher (BLIP's attention computes its softmax inline, where the teacher cannot probe it).
 """
 
 from __future__ import annotations
@@ -156,6 +156,17 @@ def test_refuses_unequal_vision_and_text_widths():
     pixel_values = inputs["pixel_values"]
     with pytest.raises(ValueError, match=r"vision width \(24\) differs from its text decoder's \(32\)"):
         FastRMWrapper(model, head).generate(pixel_values=pixel_values, **GREEDY, return_relevancy=True)
+
+
+def test_refuses_images_of_another_size():
+    """24 px images read with `interpolate_pos_encoding=True`: the decoder's states do not say the image's shape, so
+    FastRM refuses rather than guess a grid."""
+    model, _, head = built("caption")
+    pixel_values = torch.randn(1, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    with pytest.raises(ValueError, match="does not follow images of another size"):
+        FastRMWrapper(model, head).generate(
+            pixel_values=pixel_values, interpolate_pos_encoding=True, **GREEDY, return_relevancy=True
+        )
 
 
 def test_teacher_refused_with_the_reason():
