@@ -4,8 +4,8 @@ Never ``output_hidden_states=True``: that keeps every layer of every step. Two h
 
 * a forward pre-hook on the top-level model (or the module the family's own `generate()` hands generation to, the
   adapter's `generation_module`: BLIP-2's language model) sees each call's ``input_ids`` (and processor outputs
-  such as ``image_grid_thw``); a call with more than one new token is a prefill, whose image layout the family
-  adapter computes. A prefill fed ``inputs_embeds`` only takes the prompt's ids from ``prepare_inputs_for_generation``
+  such as ``image_grid_thw``); a call with more than one new token is a prefill (or one token, where the adapter's
+  `starts_with_one_token` says so: BLIP's captioning BOS), whose image layout the family adapter computes. A prefill fed ``inputs_embeds`` only takes the prompt's ids from ``prepare_inputs_for_generation``
   (wrapped like the encoders below);
 * a forward hook on the language model's final norm (what ``lm_head`` reads) keeps the newest position's state
   and, at prefill, the image tokens' states, which it turns into the head's keys at once.
