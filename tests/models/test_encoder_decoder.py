@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from test_families import hook_state
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
@@ -36,12 +37,6 @@ NEW_TOKENS = 4
 GREEDY = {"do_sample": False, "max_new_tokens": NEW_TOKENS}
 BEAMS = {"do_sample": False, "max_new_tokens": NEW_TOKENS, "num_beams": 3, "num_return_sequences": 2}
 PAD, BOS, EOS = 1, 0, 2
-TAP_WRAPPED = (
-    "get_image_features",
-    "get_video_features",
-    "_expand_inputs_for_generation",
-    "_maybe_prepare_encoder_kwargs_for_generation",
-)
 
 
 @dataclass
@@ -382,15 +377,6 @@ CASES = {
 def built(name: str):
     model, inputs, expected = CASES[name].build()
     return model, inputs, expected, tiny_head(model)
-
-
-def hook_state(model: torch.nn.Module) -> dict[str, tuple]:
-    state = {}
-    for name, module in model.named_modules():
-        patched = tuple(key for key in TAP_WRAPPED if key in module.__dict__)
-        if module._forward_hooks or module._forward_pre_hooks or patched:
-            state[name] = (tuple(module._forward_hooks), tuple(module._forward_pre_hooks), patched)
-    return state
 
 
 def select_rows(inputs: dict, images_per_row: list[int], rows: list[int]) -> dict:

@@ -45,6 +45,7 @@ TAP_WRAPPED = (  # the tap's wrappers
     "_expand_inputs_for_generation",
     "prepare_inputs_for_generation",
     "generate",
+    "_maybe_prepare_encoder_kwargs_for_generation",
 )
 
 CASES: list[FamilyCase] = [
