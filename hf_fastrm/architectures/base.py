@@ -12,6 +12,9 @@ from torch import nn
 ImageStateReader = Callable[[tuple, dict[str, Any]], "torch.Tensor | None"]
 """``reader(args, kwargs) -> (batch, image_states, hidden) or None``: see [`ArchitectureAdapter.image_state_source`]."""
 
+InlineAttentionForward = Callable[..., Any]
+"""``forward(module, attention_function, *args, **kwargs)``: see [`ArchitectureAdapter.inline_attention`]."""
+
 
 @dataclass
 class RowImageLayout:
@@ -245,6 +248,31 @@ class ArchitectureAdapter:
         """Methods of `model` the FastRM tap wraps while it is attached (instance attributes, restored when it
         detaches): name -> a function taking the bound method and returning its wrapper. For families whose own
         methods keep FastRM from running (Janus' text-mode `generate()` drops `logits_processor`); none by default."""
+        return {}
+
+    def generation_prompt(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The inputs of the generation that produced `generate()`'s sequences, from those the user passed to the
+        model's `generate()`: the same (the default), except for families whose own `generate()` rewrites the prompt
+        before the decoder's generation starts (BLIP writes BOS over the first token, drops the last and ends at
+        ``[SEP]``). The teacher and the attention methods check `sequences` against, and force, this prompt; an
+        ``eos_token_id`` entry sets the end of sequence. `inputs` itself is not changed."""
+        return inputs
+
+    def inline_attention(self, model: nn.Module) -> dict[nn.Module, InlineAttentionForward]:
+        """Language-model attention modules whose forward computes the softmax inline instead of calling
+        transformers' `AttentionInterface` (GIT, BLIP's text decoder), each with a replacement forward.
+
+        The gradient teacher and the attention methods record attention through an attention function registered in
+        `AttentionInterface`; while they run, each module here gets ``forward = partial(replacement, module,
+        attention_function)`` (an instance attribute, removed on exit, also on error), so its attention goes through
+        that function. ``replacement(module, attention_function, *args, **kwargs)`` takes the module's own forward
+        arguments, computes query, key and value as the module does, calls ``attention_function(module, query, key,
+        value, attention_mask, dropout=..., scaling=...)`` (query `(batch, heads, q_len, head_dim)`, key and value
+        `(batch, kv_heads, k_len, head_dim)`, additive or boolean mask; it returns `(output (batch, q_len, heads,
+        head_dim), weights or None)`) and returns what the module's own forward returns. The module passed to
+        the attention function is the one the teacher counts as the layer's attention. Generation and FastRM never
+        use these. None (an empty dict) by default.
+        """
         return {}
 
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:

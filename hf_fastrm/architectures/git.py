@@ -14,13 +14,55 @@ states ``output`` (the LM head) reads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import ArchitectureAdapter, RowImageLayout
+from .base import ArchitectureAdapter, InlineAttentionForward, RowImageLayout
 from .grids import square_grid
+
+
+def git_self_attention(
+    module: nn.Module,
+    attention_function: Callable[..., Any],
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    cache: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``GitSelfAttention.forward`` with its inline ``softmax(q k^T / sqrt(d) + mask) v`` done by
+    `attention_function` (the `AttentionInterface` signature); see [`ArchitectureAdapter.inline_attention`].
+
+    Args:
+        hidden_states (`torch.Tensor` of shape `(batch, seq, hidden)`): the layer's input.
+        attention_mask (`torch.Tensor` of shape `(batch, 1, seq, keys)`, *optional*): GitModel's additive mask (the
+            image prefix bidirectional, the text causal).
+        cache (`Cache`, *optional*): updated with this layer's keys and values, as GIT's forward does.
+
+    Returns:
+        `(context (batch, seq, hidden), weights or None)`, as ``GitSelfAttention.forward``.
+    """
+    if "past_key_values" in kwargs and cache is None:  # the name GIT's forward still accepts (deprecated)
+        cache = kwargs.pop("past_key_values")
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, module.attention_head_size)
+    query = module.query(hidden_states).view(hidden_shape).transpose(1, 2)
+    key = module.key(hidden_states).view(hidden_shape).transpose(1, 2)
+    value = module.value(hidden_states).view(hidden_shape).transpose(1, 2)
+    if cache is not None:
+        key, value = cache.update(key, value, module.layer_idx, kwargs=kwargs)
+    output, weights = attention_function(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=module.dropout.p if module.training else 0.0,
+        scaling=module.attention_head_size**-0.5,
+    )
+    return output.reshape(*input_shape, module.all_head_size), weights
 
 
 class GitAdapter(ArchitectureAdapter):
@@ -33,8 +75,8 @@ class GitAdapter(ArchitectureAdapter):
         "CLS token in no cell, one (h, w) patch grid; a video (frames, h, w)"
     )
     teacher_support = (
-        "no: GIT's text self-attention (`GitSelfAttention`) computes its softmax inline, not through transformers' "
-        "AttentionInterface, so the teacher cannot record it; FastRM is unaffected"
+        "yes (`GitSelfAttention` computes its softmax inline; while the teacher runs it goes through the teacher's "
+        "attention, `inline_attention`)"
     )
     tested_configs = (
         "git: CLIP tower 64 px / patch 16, 17 prepended tokens an image; one image a row",
@@ -50,6 +92,10 @@ class GitAdapter(ArchitectureAdapter):
     def final_norm(self, model: nn.Module) -> nn.Module:
         """The last layer's output ``LayerNorm`` (post-norm layers: its output is the last hidden state)."""
         return self.decoder_layers(model)[-1].output.LayerNorm
+
+    def inline_attention(self, model: nn.Module) -> dict[nn.Module, InlineAttentionForward]:
+        """Every text layer's ``GitSelfAttention`` (inline softmax) with [`git_self_attention`]."""
+        return {layer.attention.self: git_self_attention for layer in self.decoder_layers(model)}
 
     def required_inputs(self, config: Any, input_ids: torch.Tensor) -> tuple[str, ...]:
         """The pixel values: without them the sequence holds no image."""

@@ -3,6 +3,7 @@ recording the language model's attention probabilities, and the assembly of per-
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ..teacher.attention import (
     _set_implementation,
     attention_modules,
     frozen,
+    inline_attention_routed,
     refuse_attention_sinks,
     relevance_dtype,
     sdpa_fallback,
@@ -140,9 +142,10 @@ def forced_sequence(
     if not isinstance(inputs, dict) and hasattr(inputs, "keys"):
         inputs = dict(inputs)
     model = unwrap_model(model)
+    adapter = get_adapter(model)
+    inputs = adapter.generation_prompt(model, inputs)
     if eos_token_id is None:
         eos_token_id = call_eos_token_id(inputs)
-    adapter = get_adapter(model)
     input_ids, prompt_mask, extra = prompt_inputs(model, inputs, sequences)
     batch, prompt_length = input_ids.shape
     new_tokens = sequences[:, prompt_length:].to(input_ids.device)
@@ -199,10 +202,13 @@ class AttentionRecorder:
         self.language_model = adapter.language_model(model)
         decoder_layers = adapter.decoder_layers(model)
         self.num_layers = len(decoder_layers)
-        self.layer_of_module = {id(module): index for index, module in enumerate(attention_modules(decoder_layers))}
+        self.inline = adapter.inline_attention(model)
+        modules = attention_modules(decoder_layers, preferred=self.inline)
+        self.layer_of_module = {id(module): index for index, module in enumerate(modules)}
         self.layers = {layer % self.num_layers for layer in layers}
         self.probabilities: dict[int, torch.Tensor] = {}
         self._saved: list[tuple[PretrainedConfig, Any]] = []
+        self._routed: contextlib.ExitStack | None = None
 
     def __enter__(self) -> AttentionRecorder:
         global _ACTIVE_RECORDER
@@ -213,11 +219,20 @@ class AttentionRecorder:
         if not any(c is config for c, _ in self._saved):
             self._saved.append((config, _get_implementation(config)))
         _ACTIVE_RECORDER = self
-        _set_implementation(config, RECORD_ATTENTION)
+        try:
+            _set_implementation(config, RECORD_ATTENTION)
+            self._routed = contextlib.ExitStack()
+            self._routed.enter_context(inline_attention_routed(self.inline, _record_attention_forward))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         global _ACTIVE_RECORDER
+        if self._routed is not None:
+            self._routed.close()
+            self._routed = None
         for config, value in self._saved:
             _set_implementation(config, value)
         self._saved = []

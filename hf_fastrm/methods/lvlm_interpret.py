@@ -76,7 +76,14 @@ class LVLMInterpretRelevancy(RelevancyMethod):
         decoder_layers = adapter.decoder_layers(model)
         layers = list(range(len(decoder_layers)))
         block_rows = 128 if forced.input_ids.device.type == "cpu" else None
-        capture = AttentionCapture(model, adapter.language_model(model), decoder_layers, layers, block_rows=block_rows)
+        capture = AttentionCapture(
+            model,
+            adapter.language_model(model),
+            decoder_layers,
+            layers,
+            block_rows=block_rows,
+            inline=adapter.inline_attention(model),
+        )
         prompt_length, steps = forced.prompt_length, forced.steps
         prompt_end = forced.prefix + prompt_length  # in the decoder's sequence
         try:

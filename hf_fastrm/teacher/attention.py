@@ -22,7 +22,8 @@ its own implementation); calls from any module that is not one of the language m
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import torch
@@ -30,6 +31,8 @@ from torch import nn
 from transformers import AttentionInterface, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from ..architectures.base import InlineAttentionForward
 
 TEACHER_ATTENTION = "fastrm_teacher"
 """Name under which the teacher's attention (and its mask, eager-style) is registered in transformers."""
@@ -408,11 +411,16 @@ AttentionInterface.register(TEACHER_ATTENTION, teacher_attention_forward)
 AttentionMaskInterface.register(TEACHER_ATTENTION, eager_mask)
 
 
-def attention_modules(layers: nn.ModuleList) -> list[nn.Module]:
-    """The self-attention module of each decoder layer (``layer.self_attn``, else its first ``*Attention`` child)."""
+def attention_modules(layers: nn.ModuleList, preferred: Collection[nn.Module] = ()) -> list[nn.Module]:
+    """The self-attention module of each decoder layer: the one of `preferred` (the adapter's
+    [`~ArchitectureAdapter.inline_attention`] modules) the layer holds, else ``layer.self_attn``, else its first
+    ``*Attention`` child."""
+    preferred_ids = {id(module) for module in preferred}
     modules = []
     for index, layer in enumerate(layers):
-        found = getattr(layer, "self_attn", None)
+        found = next((module for module in layer.modules() if id(module) in preferred_ids), None)
+        if found is None:
+            found = getattr(layer, "self_attn", None)
         if found is None:
             found = next((m for m in layer.modules() if type(m).__name__.endswith("Attention")), None)
         if found is None:
@@ -422,6 +430,27 @@ def attention_modules(layers: nn.ModuleList) -> list[nn.Module]:
             )
         modules.append(found)
     return modules
+
+
+@contextlib.contextmanager
+def inline_attention_routed(
+    routes: dict[nn.Module, InlineAttentionForward], attention_function: Callable[..., Any]
+) -> Iterator[None]:
+    """Inside, each module of `routes` (an adapter's [`~ArchitectureAdapter.inline_attention`]) computes its attention
+    through `attention_function` (its replacement forward, set as an instance attribute); its own forward is back on
+    exit, also on error."""
+    patched: list[tuple[nn.Module, Any]] = []
+    try:
+        for module, replacement in routes.items():
+            patched.append((module, module.__dict__.get("forward")))
+            module.forward = functools.partial(replacement, module, attention_function)
+        yield
+    finally:
+        for module, previous in reversed(patched):
+            if previous is None:
+                del module.forward
+            else:
+                module.forward = previous
 
 
 def _configs(model: nn.Module) -> list[PretrainedConfig]:
@@ -459,6 +488,8 @@ class AttentionCapture:
             block over all rows when None.
         cross_layers (`set[int]`, *optional*): layers whose attention is cross-attention to image states (their
             probe is `(batch, seq, image_states)`; without a mask every state is visible, never a causal mask).
+        inline (`dict`, *optional*): the adapter's [`~ArchitectureAdapter.inline_attention`] routes: attention modules
+            that compute their softmax inline run through the teacher's attention inside the context.
 
     After a forward pass inside the context, `probes` maps each probed layer to its probe, shape
     `(batch, seq, seq)`; the gradient of a target with respect to a probe is that layer's
@@ -473,12 +504,16 @@ class AttentionCapture:
         probed_layers: list[int],
         block_rows: int | None = None,
         cross_layers: set[int] | None = None,
+        inline: dict[nn.Module, InlineAttentionForward] | None = None,
     ) -> None:
         self.model = model
         self.cross_layers = set(cross_layers or ())
         self.language_model = language_model
         self.num_layers = len(layers)
-        self.layer_of_module = {id(module): index for index, module in enumerate(attention_modules(layers))}
+        self.inline = dict(inline or {})
+        modules = attention_modules(layers, preferred=self.inline)
+        self.layer_of_module = {id(module): index for index, module in enumerate(modules)}
+        self._routed: contextlib.ExitStack | None = None
         self.probed_layers = set(probed_layers)
         self.probes: dict[int, torch.Tensor] = {}
         self.called_layers: list[int] = []
@@ -502,6 +537,8 @@ class AttentionCapture:
         _ACTIVE_CAPTURE = self
         try:
             _set_implementation(config, TEACHER_ATTENTION)
+            self._routed = contextlib.ExitStack()
+            self._routed.enter_context(inline_attention_routed(self.inline, teacher_attention_forward))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -509,6 +546,9 @@ class AttentionCapture:
 
     def __exit__(self, *exc_info: object) -> None:
         global _ACTIVE_CAPTURE
+        if self._routed is not None:
+            self._routed.close()
+            self._routed = None
         for config, value in self._saved_implementations:
             _set_implementation(config, value)
         self._saved_implementations = []

@@ -352,7 +352,13 @@ def _relevancy_rows(
         recorded["hidden"] = (output[0] if isinstance(output, tuple) else output).detach()
 
     capture = AttentionCapture(
-        model, language_model, decoder_layers, selected, block_rows=block_rows, cross_layers=cross_layers
+        model,
+        language_model,
+        decoder_layers,
+        selected,
+        block_rows=block_rows,
+        cross_layers=cross_layers,
+        inline=adapter.inline_attention(model),
     )
     handles = [norm.register_forward_hook(keep_last_hidden)] if keep_hidden else []
     if cross_layers:

@@ -1483,8 +1483,6 @@ TABLE: list[TableEntry] = [
         pixels=git_pixels,
         prepended=True,
         images_per_row=(1, 1),
-        teacher_issue="GitSelfAttention computes its softmax inline, not through AttentionInterface: the teacher "
-        "cannot record the text attention",
         notes="image features prepended to the text (not in input_ids): CLS + 4x4 patches",
     ),
     TableEntry(
@@ -1495,7 +1493,6 @@ TABLE: list[TableEntry] = [
         prepended=True,
         media="video",
         images_per_row=(1, 1),
-        teacher_issue="GitSelfAttention computes its softmax inline, not through AttentionInterface",
         slow=True,
         notes="2 frames prepended frame by frame",
     ),
