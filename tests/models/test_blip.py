@@ -4,19 +4,24 @@ decoder's generate() with the image states as ``encoder_hidden_states``; FastRM 
 Checked: tokens identical to plain generate() (greedy; beam search 3 returning 2; seeded sampling returning 2), maps equal to the head on ONE
 separate forward (the text decoder's last hidden states against the vision tower's states), maps in [0, 1], a reused
 logits processor, captioning without a prompt (a one-token prefill) and with one; refusals of unequal vision/text
-widths, of images of another size, and of the gradient teacher (BLIP's attention computes its softmax inline, where the teacher cannot probe it).
+widths and of images of another size. The gradient teacher (BLIP's inline attention routed through its probes,
+`ArchitectureAdapter.inline_attention`) against a naive reference of Chefer et al.'s bi-modal rules on BLIP's own
+attention probabilities.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
 import torch
+from test_cross_attention import normalised
 from transformers import BlipConfig, BlipForConditionalGeneration
 
 from hf_fastrm import FastRMLogitsProcessor, FastRMWrapper
 from hf_fastrm.architectures import get_adapter
+from hf_fastrm.methods import get_method
 from hf_fastrm.teacher import gradient_relevancy
 from hf_fastrm.testing_utils import tiny_head
 
@@ -169,10 +174,121 @@ def test_refuses_images_of_another_size():
         )
 
 
-def test_teacher_refused_with_the_reason():
+def naive_blip_relevancy(model, pixel_values, sequences, prompt_length: int, blocks=None) -> torch.Tensor:
+    """`(rows, new_tokens, 1 + SIDE**2)` written out plainly (Chefer et al.'s bi-modal rules, as in
+    test_cross_attention.py): ONE forward of BLIP over the decoder's prompt and generated tokens with every weight
+    requiring grad; each ``BlipTextSelfAttention``'s own probabilities (its inline softmax, untouched) kept with
+    `retain_grad`; one backward per token and row; full matrices ``R_tt`` `(n, n)` and ``R_ti`` `(n, image_states)`
+    updated block by block in forward order (self-attention ``R_tt += A R_tt``, ``R_ti += A R_ti``; cross-attention
+    ``R_ti += Rbar_tt A``). `blocks`: indices of the attention blocks (self, cross, self, cross, ...) in the
+    product, all by default."""
+    modules = []
+    for layer in model.text_decoder.bert.encoder.layer:
+        modules += [layer.attention.self, layer.crossattention.self]
+    blocks = range(len(modules)) if blocks is None else blocks
+    ids = sequences[:, :-1]
+    new = sequences.shape[1] - prompt_length
+    weights: dict[int, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(lambda m, a, out, i=index: weights.update({i: out[1]}))
+        for index, module in enumerate(modules)
+    ]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for param, _ in flags:
+            param.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(input_ids=ids, pixel_values=pixel_values).logits  # (rows, seq, vocab)
+            for value in weights.values():
+                value.retain_grad()
+            maps = torch.zeros(ids.shape[0], new, 1 + SIDE * SIDE, dtype=logits.dtype)
+            for row in range(ids.shape[0]):
+                for step in range(new):
+                    position = prompt_length - 1 + step
+                    model.zero_grad()
+                    for value in weights.values():
+                        value.grad = None
+                    logits[row, position, sequences[row, prompt_length + step]].backward(retain_graph=True)
+                    text = torch.eye(ids.shape[1], dtype=logits.dtype)
+                    image = torch.zeros(ids.shape[1], 1 + SIDE * SIDE, dtype=logits.dtype)
+                    for index in blocks:
+                        attention = weights[index]
+                        relevance = (attention.grad * attention).clamp(min=0).mean(dim=1)[row]
+                        if index % 2:  # cross-attention
+                            image = image + normalised(text) @ relevance
+                        else:
+                            image = image + relevance @ image
+                            text = text + relevance @ text
+                    maps[row, step] = image[position].detach()
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        for handle in handles:
+            handle.remove()
+    return maps
+
+
+@pytest.mark.parametrize(("case", "mode"), [("caption", "greedy"), ("prompt", "greedy"), ("prompt", "beams")])
+def test_teacher_equals_a_naive_bimodal_reference(case, mode):
+    """In float64: the teacher (BLIP's inline attention routed through its probes, the bi-modal rule as vectors) on
+    the sequences BLIP's generate() returned (BOS prompt; beam search 3 returning 2) equals full matrices built from
+    BLIP's own attention; its hidden states are the decoder's and the vision tower's."""
+    model, inputs, _ = built(case)
+    model = copy.deepcopy(model).double()
+    inputs = {k: v.double() if v.is_floating_point() else v.clone() for k, v in inputs.items()}
+    with torch.no_grad():
+        sequences = model.generate(
+            **{k: v.clone() for k, v in inputs.items()}, **(BEAMS if mode == "beams" else GREEDY)
+        )
+    output = gradient_relevancy(model, inputs, sequences, return_hidden_states=True)
+    result = output.result
+    rows = sequences.shape[0]
+    prompt_length = sequences.shape[1] - result.relevancy.shape[1]
+    assert prompt_length == (1 if case == "caption" else inputs["input_ids"].shape[1] - 1)  # BOS + prompt - [SEP]
+    pixel_values = inputs["pixel_values"].repeat_interleave(rows // inputs["pixel_values"].shape[0], dim=0)
+    expected = naive_blip_relevancy(model, pixel_values, sequences, prompt_length)
+    assert float(expected.abs().max()) > 0, "the reference is all zero: the image does not reach the text"
+    assert bool(result.token_mask.all()) and bool(result.image_token_mask.all())
+    torch.testing.assert_close(result.relevancy, expected, rtol=1e-9, atol=1e-20)
+    with torch.no_grad():
+        states = model.vision_model(pixel_values=pixel_values).last_hidden_state
+    torch.testing.assert_close(output.image_hidden_states, states, rtol=1e-9, atol=1e-12)
+    assert [tuple(m.shape) for m in result.relevancy_maps(0)] == [(result.relevancy.shape[1], SIDE, SIDE)]
+    assert all("forward" not in vars(module) for module in get_adapter(model).inline_attention(model))
+
+
+def test_teacher_layers_count_self_and_cross_attention_blocks():
+    """``layers=[0, 1]``: the first BERT layer's self-attention and cross-attention blocks only; equal to the naive
+    reference over those blocks and unlike the maps over all four."""
+    model, inputs, _ = built("prompt")
+    model = copy.deepcopy(model).double()
+    inputs = {k: v.double() if v.is_floating_point() else v.clone() for k, v in inputs.items()}
+    with torch.no_grad():
+        sequences = model.generate(**{k: v.clone() for k, v in inputs.items()}, **GREEDY)
+    first = gradient_relevancy(model, inputs, sequences, layers=[0, 1])
+    every = gradient_relevancy(model, inputs, sequences)
+    prompt_length = sequences.shape[1] - first.relevancy.shape[1]
+    expected = naive_blip_relevancy(model, inputs["pixel_values"], sequences, prompt_length, blocks=[0, 1])
+    torch.testing.assert_close(first.relevancy, expected, rtol=1e-9, atol=1e-20)
+    assert first.layers == [0, 1] and every.layers == [0, 1, 2, 3]
+    assert not torch.allclose(first.relevancy, every.relevancy, rtol=1e-3, atol=0)
+
+
+def test_attention_methods_refuse_cross_attention_images():
+    """The attention methods read relevance at image positions of the sequence, which BLIP's has none of."""
     model, inputs, _ = built("caption")
     with torch.no_grad():
         sequences = model.generate(**inputs, **GREEDY)
-    assert get_adapter(model).teacher_support.startswith("no:")
-    with pytest.raises(NotImplementedError, match="attention interface"):
-        gradient_relevancy(model, inputs, sequences)
+    with pytest.raises(NotImplementedError, match="takes its images through cross-attention"):
+        get_method("rollout").attribute(model, dict(inputs), sequences)
+
+
+def test_fastrm_method_after_generation_equals_the_maps_of_generate():
+    """`get_method("fastrm")` on BLIP's returned sequences (forced through BLIP's forward from the prompt its
+    generate() handed the decoder) gives the maps generate() returned."""
+    model, inputs, head = built("prompt")
+    out = FastRMWrapper(model, head).generate(
+        **{k: v.clone() for k, v in inputs.items()}, **GREEDY, return_relevancy=True
+    )
+    after = get_method("fastrm", head=head).attribute(model, dict(inputs), out.sequences)
+    torch.testing.assert_close(after.relevancy, out.relevancy, rtol=1e-4, atol=1e-5)
