@@ -143,6 +143,14 @@ def forced_sequence(
         inputs = dict(inputs)
     model = unwrap_model(model)
     adapter = get_adapter(model)
+    if adapter.is_encoder_decoder:
+        raise NotImplementedError(
+            f"{type(model).__name__} is an encoder-decoder model (its image tokens sit in the encoder's input), and "
+            "this method forces a decoder-only sequence. For encoder-decoder models use the maps "
+            "`FastRMWrapper.generate(..., return_relevancy=True)` returns, or the 'gradient' method (Chefer et al.'s "
+            "encoder-decoder rules); 'attention', 'rollout', 'lvlm-interpret' and the after-the-fact 'fastrm' method "
+            "do not support them yet."
+        )
     inputs = adapter.generation_prompt(model, inputs)
     if eos_token_id is None:
         eos_token_id = call_eos_token_id(inputs)

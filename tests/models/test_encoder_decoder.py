@@ -625,3 +625,17 @@ def test_teacher_on_beam_sequences(name):
         tokens = out.token_mask[row]
         want = naive[row][:, layout.image_positions][tokens]
         torch.testing.assert_close(out.relevancy[row, tokens, : layout.num_image_tokens], want, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["attention", "rollout", "lvlm-interpret", "fastrm"])
+def test_decoder_only_methods_refuse_encoder_decoder_models(method):
+    """The methods that force a decoder-only sequence (reading relevance at image positions of it) refuse an
+    encoder-decoder model with a message naming what works instead, rather than a misleading prompt mismatch."""
+    from hf_fastrm.methods import get_method
+
+    model, inputs, _, head = built(next(iter(CASES)))
+    with torch.no_grad():
+        sequences = model.generate(**inputs, **GREEDY)
+    chosen = get_method(method, head=head) if method == "fastrm" else get_method(method)
+    with pytest.raises(NotImplementedError, match="encoder-decoder model.*return_relevancy=True.*'gradient'"):
+        chosen.attribute(model, dict(inputs), sequences)
