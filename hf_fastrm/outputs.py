@@ -33,7 +33,9 @@ class RelevancyMixin:
             non-special tokens of each row; NaN for a row whose generated tokens are all special (for example an
             answer that is only the end-of-sequence token), which is logged as a warning.
         token_mask (`torch.BoolTensor` of shape `(batch, new_tokens)`): True for tokens that were generated (up to
-            and including the row's end-of-sequence token).
+            and including the row's end-of-sequence token). A row that a stopping criterion ended without an
+            end-of-sequence token continues with generate()'s pad filler, which counts here and is marked in
+            `special_token_mask`.
         special_token_mask (`torch.BoolTensor` of shape `(batch, new_tokens)`): True for generated special tokens
             (end of sequence, pad, bos; left out of `sequence_confidence`). The rule is in `hf_fastrm.results`.
         image_token_mask (`torch.BoolTensor` of shape `(batch, image_tokens)`): True for real image tokens.

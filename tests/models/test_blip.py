@@ -292,3 +292,32 @@ def test_fastrm_method_after_generation_equals_the_maps_of_generate():
     )
     after = get_method("fastrm", head=head).attribute(model, dict(inputs), out.sequences)
     torch.testing.assert_close(after.relevancy, out.relevancy, rtol=1e-4, atol=1e-5)
+
+
+def test_streamer_and_row_wise_stopping_criteria():
+    """A streamer and stopping criteria that end the rows at different steps, passed through BLIP's generate() to
+    the text decoder's: the same tokens and stream as plain generate(); maps equal the head on a separate forward
+    for each row's tokens; the pad filler after a row stopped is marked special."""
+    from test_modes import RecordingStreamer, StopRowsAfter
+    from transformers import StoppingCriteriaList
+
+    model, inputs, head = built("caption")
+
+    def settings() -> tuple[dict, RecordingStreamer]:
+        streamer = RecordingStreamer()
+        stopping = StoppingCriteriaList([StopRowsAfter(prompt_length=1)])  # BLIP's decoder prompt: BOS
+        return {"do_sample": False, "max_new_tokens": 4, "streamer": streamer, "stopping_criteria": stopping}, streamer
+
+    kwargs, plain_streamer = settings()
+    with torch.no_grad():
+        plain = model.generate(**inputs, **kwargs)
+    kwargs, streamer = settings()
+    out = FastRMWrapper(model, head).generate(**inputs, **kwargs, return_relevancy=True)
+    torch.testing.assert_close(out.sequences, plain, rtol=0, atol=0)
+    assert streamer.ended
+    torch.testing.assert_close(streamer.new_tokens(), plain_streamer.new_tokens(), rtol=0, atol=0)
+    # row b stops after 1 + b tokens; generate() fills row 0's second step with the pad token, marked special
+    assert out.sequences[0, 2].item() == PAD and out.special_token_mask.tolist() == [[False, True], [False, False]]
+    reference = reference_maps(model, head, inputs["pixel_values"], out.sequences, prompt_length=1)
+    mask = out.token_mask & ~out.special_token_mask
+    torch.testing.assert_close(out.relevancy[mask], reference[:, : out.relevancy.shape[1]][mask], rtol=1e-4, atol=1e-5)
