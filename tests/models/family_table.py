@@ -1582,10 +1582,6 @@ LOCALITY_UNCHECKED |= {
     name: "1-D learned queries (Q-Former / Kosmos latents): every query attends to the whole image, there is no "
     "locality to check"
     for name in ("blip-2", "instructblip", "instructblipvideo", "kosmos-2", "kosmos-2.5")
-} | {
-    name: "not adapted: the probe differentiates image tokens' input embeddings at prompt positions, and GIT's image "
-    "tokens are prepended to the decoder's sequence (none is in input_ids)"
-    for name in ("git", "git-video")
 }
 LOCALITY_SLOW = {"qianfan_ocr"}
 """Table cases whose locality check takes minutes (many tiles per image): run with the slow tests."""

@@ -80,6 +80,37 @@ def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict, merge: int 
     return per_patch.repeat_interleave(tensor.shape[1], dim=0)
 
 
+def decoder_inputs(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """The language model's input states `(batch, seq, hidden)`: its ``inputs_embeds``, or for a decoder called
+    with the states themselves (GIT's encoder: the image features prepended to the text embeddings) its
+    ``hidden_states``."""
+    if kwargs.get("inputs_embeds") is not None:
+        return kwargs["inputs_embeds"]
+    states = kwargs.get("hidden_states", args[0] if args else None)
+    return states if isinstance(states, torch.Tensor) and states.is_floating_point() else None
+
+
+def token_pixel_weights(
+    embeds: torch.Tensor,
+    row: int,
+    positions: torch.Tensor,
+    pixels: list[torch.Tensor],
+    direction: torch.Tensor | None,
+) -> torch.Tensor:
+    """`(tokens, pixel elements)`: |gradient| of each image token's embedding (row `row`, `positions`), summed over
+    its hidden dimension or projected on `direction`, with respect to every pixel element; one batched backward."""
+    selector = torch.zeros(positions.numel(), *embeds.shape, dtype=embeds.dtype)
+    selector[torch.arange(positions.numel()), row, positions] = 1.0 if direction is None else direction
+    grads = torch.autograd.grad(embeds, pixels, selector, retain_graph=True, is_grads_batched=True, allow_unused=True)
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros(positions.numel(), *p.shape)).abs().reshape(positions.numel(), -1)
+            for g, p in zip(grads, pixels, strict=True)
+        ],
+        dim=1,
+    )
+
+
 @functools.cache
 def receptive_fields(name: str) -> list[torch.Tensor]:
     """Per row, `(image_tokens, 3)`: each image token's dominant (pixel tensor, sub-image) id and its centroid."""
@@ -94,7 +125,7 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
     }
     captured = {}
     # the image tokens' inputs: the decoder's input embeddings, or a cross-attention family's image states
-    module, read = (language_model, lambda args, kwargs: kwargs.get("inputs_embeds"))
+    module, read = (language_model, decoder_inputs)
     if BY_NAME[name].image_states is not None:
         module, read = BY_NAME[name].image_states(model)
 
@@ -125,19 +156,12 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
     fields = []
     for row, layout in enumerate(layouts):
         positions = layout.image_positions
-        # one batched backward: the gradient of each image token's embedding sum, all tokens at once
-        selector = torch.zeros(positions.numel(), *embeds.shape)
-        selector[torch.arange(positions.numel()), row, positions] = 1.0
-        grads = torch.autograd.grad(
-            embeds, list(pixels.values()), selector, retain_graph=True, is_grads_batched=True, allow_unused=True
-        )
-        weights = torch.cat(
-            [
-                (g if g is not None else torch.zeros(positions.numel(), *p.shape)).abs().reshape(positions.numel(), -1)
-                for g, p in zip(grads, pixels.values(), strict=True)
-            ],
-            dim=1,
-        )  # (tokens, pixel elements)
+        weights = token_pixel_weights(embeds, row, positions, list(pixels.values()), direction=None)
+        if bool((weights.sum(dim=1) == 0).any()):
+            # the plain sum of an embedding is constant after a LayerNorm (GIT's projector ends in one): a fixed
+            # random projection of it instead
+            direction = torch.randn(embeds.shape[-1], generator=torch.Generator().manual_seed(0), dtype=embeds.dtype)
+            weights = token_pixel_weights(embeds, row, positions, list(pixels.values()), direction=direction)
         mass = torch.zeros(positions.numel(), total).index_add_(1, subs, weights)
         sub = mass.argmax(dim=1)
         keep = (subs.unsqueeze(0) == sub.unsqueeze(1)) & (weights > 0)

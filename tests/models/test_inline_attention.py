@@ -21,11 +21,11 @@ from hf_fastrm.teacher.gradient import generation_position_ids
 
 
 def naive_git_relevancy(model, inputs: dict, sequences: torch.Tensor) -> torch.Tensor:
-    """`(rows, new_tokens, image_tokens)` written out plainly: ONE forward of GIT over prompt and generated tokens with
+    """`(rows, new_tokens, prefix + seq)`, row ``p`` of ``R`` for each token, written out plainly: ONE forward of GIT over prompt and generated tokens with
     every weight requiring grad, each ``GitSelfAttention``'s own probabilities `(batch, heads, n, n)` kept with
     `retain_grad`, one backward per token and row, and ``R <- R + Abar_l R`` as full `(n, n)` matrices, first layer
     first (``Abar`` the head-mean of ``clamp(dy/dA * A, min=0)``). The image tokens are the sequence's first positions
-    (GIT prepends them)."""
+    (GIT prepends them): `[..., :prefix]`; the text follows."""
     layers = model.git.encoder.layer
     prompt_length = inputs["input_ids"].shape[1]
     new = sequences.shape[1] - prompt_length
@@ -51,7 +51,7 @@ def naive_git_relevancy(model, inputs: dict, sequences: torch.Tensor) -> torch.T
             prefix = logits.shape[1] - ids.shape[1]
             for value in weights.values():
                 value.retain_grad()
-            maps = torch.zeros(ids.shape[0], new, prefix, dtype=logits.dtype)
+            maps = torch.zeros(ids.shape[0], new, logits.shape[1], dtype=logits.dtype)
             for row in range(ids.shape[0]):
                 for step in range(new):
                     position = prefix + prompt_length - 1 + step
@@ -64,7 +64,7 @@ def naive_git_relevancy(model, inputs: dict, sequences: torch.Tensor) -> torch.T
                         attention = weights[index]
                         relevance = (attention.grad * attention).clamp(min=0).mean(dim=1)[row]
                         product = product + relevance @ product
-                    maps[row, step] = product[position, :prefix].detach()
+                    maps[row, step] = product[position].detach()
     finally:
         for param, flag in flags:
             param.requires_grad_(flag)
@@ -85,8 +85,10 @@ def test_teacher_equals_a_naive_reference_on_the_models_own_attention(name):
     _, out, _, _ = generated(name)
     model = copy.deepcopy(model).double()
     inputs = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
-    result = gradient_relevancy(model, inputs, out.sequences).result
+    output = gradient_relevancy(model, inputs, out.sequences, return_text_relevancy=True)
+    result = output.result
     expected = naive_git_relevancy(model, inputs, out.sequences)
+    prefix = expected.shape[-1] - (out.sequences.shape[1] - 1)
     for row, layout in enumerate(result.image_layouts):
         tokens = result.token_mask[row]
         want = expected[row, tokens][:, layout.image_positions]
@@ -94,6 +96,14 @@ def test_teacher_equals_a_naive_reference_on_the_models_own_attention(name):
         torch.testing.assert_close(
             result.relevancy[row, tokens, : layout.num_image_tokens], want, rtol=1e-9, atol=1e-15
         )
+    # The text relevancy is over positions of `sequences` (the prefix is no position of it): GIT's text starts at
+    # position `prefix` of the decoder's sequence. NaN where not defined (padding, later positions).
+    text = output.text_relevancy[..., : out.sequences.shape[1] - 1]
+    defined = ~text.isnan()
+    assert int(defined.sum()) > 0
+    torch.testing.assert_close(text[defined], expected[..., prefix:][defined], rtol=1e-9, atol=1e-15)
+    padding = inputs["attention_mask"] == 0
+    assert bool(text.isnan()[padding.unsqueeze(1).expand(-1, text.shape[1], -1).nonzero(as_tuple=True)].all())
     assert all("forward" not in vars(module) for module in inline_modules(model))
 
 
