@@ -50,8 +50,8 @@ teacher equal to a naive reference (for greedy and beam-search sequences).
 ALL_MODES = "all: greedy, sampling, return sequences, beam search, streamer"
 MODE_EXCEPTIONS = {
     # --- blip
-    "blip": "greedy, beam search (3 returning 2), sampling (2 return sequences), with and without a prompt "
-    "(tests/models/test_blip.py); streamer not tested",
+    "blip": "greedy, beam search (3 returning 2), sampling (2 return sequences), streamer with row-wise stopping "
+    "criteria, with and without a prompt (tests/models/test_blip.py)",
     "llama4": "none: plain generate() fails in transformers 5.24 (image features and tokens do not match)",
     **{
         model_type: "all but beam search: plain generate() fails with beams in transformers 5.24 (IndexError)"
@@ -59,8 +59,8 @@ MODE_EXCEPTIONS = {
     },
     # --- encdec
     **{
-        model_type: "greedy; beam search 3 returning 2; sampling with 2 return sequences (slow) "
-        "(tests/models/test_encoder_decoder.py, not the mode matrix; streamer not tested)"
+        model_type: "greedy; beam search 3 returning 2; sampling with 2 return sequences (slow); streamer with "
+        "row-wise stopping criteria (tests/models/test_encoder_decoder.py, not the mode matrix)"
         for model_type in ("florence2", "t5gemma2", "pix2struct", "vision-encoder-decoder", "pp_formulanet")
     },
     **{
