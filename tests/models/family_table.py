@@ -785,6 +785,10 @@ INKLING2_LOOP = INKLING2 | {
 LOCALITY_PATCH_MERGE = {"muse_glimmer": 1, "muse_spark": 1}
 """Flattened-patch families whose image processor lists patches in plain row-major order (the tower regroups them
 into merge blocks itself) rather than Qwen's merge-block order: the locality probe decodes them with blocks of 1."""
+LOCALITY_PIXEL_COORDINATES: dict[str, Callable[[str, torch.Tensor, dict], torch.Tensor]] = {}
+"""Cases whose pixel tensors the locality probe cannot decode by itself: ``decoder(key, tensor, inputs)`` gives
+`(elements, 3)`, the (sub-image id, y, x) of every element of ``inputs[key]`` (``tensor``), sub-images numbered in
+the order the grids' tiles and images run (see tests/models/test_family_locality.py)."""
 INKLING_LOCALITY = {
     "inkling_mm_model": "1-D grids (an image's patch rows are not among the forward's inputs) and (patches, 2, p, p, "
     "channels) pixels the probe does not decode: no 2-D locality to check",

@@ -15,7 +15,7 @@ import functools
 
 import pytest
 import torch
-from family_table import LOCALITY_PATCH_MERGE, LOCALITY_SLOW, LOCALITY_UNCHECKED
+from family_table import LOCALITY_PATCH_MERGE, LOCALITY_PIXEL_COORDINATES, LOCALITY_SLOW, LOCALITY_UNCHECKED
 from test_families import BY_NAME, CASES, built, params
 
 from hf_fastrm.architectures import get_adapter
@@ -145,7 +145,11 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
         handle.remove()
     embeds = captured["embeds"]
     merge = LOCALITY_PATCH_MERGE.get(name, 2)
-    coordinates = {k: pixel_coordinates(k, v, inputs, merge).float() for k, v in pixels.items()}
+    decode = LOCALITY_PIXEL_COORDINATES.get(name)
+    coordinates = {
+        k: (decode(k, v, inputs) if decode else pixel_coordinates(k, v, inputs, merge)).float()
+        for k, v in pixels.items()
+    }
     offsets = {}
     total = 0
     for k in pixels:  # videos' sub-images numbered after the images'
