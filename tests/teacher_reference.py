@@ -211,3 +211,59 @@ def _all_configs(model: nn.Module) -> list[PretrainedConfig]:
             found[id(config)] = config
             pending.extend(getattr(config, key, None) for key in getattr(config, "sub_configs", {}) or {})
     return list(found.values())
+
+
+class OwnAttention:
+    """Context manager for naive references on models whose attention modules return their own probabilities (their
+    forward's second output, `(batch, heads, q_len, k_len)`; GIT, BLIP): inside, every weight requires grad and
+    each of `modules` keeps the probabilities of its last call with ``retain_grad``; weights' flags and hooks are
+    restored on exit.
+
+    After the forward, [`OwnAttention.relevance`] backpropagates one target and returns every module's
+    ``Abar = mean_heads clamp(dy/dA * A, min=0)`` for one batch row.
+    """
+
+    def __init__(self, model: nn.Module, modules: list[nn.Module]) -> None:
+        self.model = model
+        self.modules = modules
+        self.weights: dict[int, torch.Tensor] = {}
+
+    def __enter__(self) -> OwnAttention:
+        self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        self._handles = []
+        try:
+            for param, _ in self._flags:
+                param.requires_grad_(True)
+            for index, module in enumerate(self.modules):
+                self._handles.append(module.register_forward_hook(self._keep(index)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _keep(self, index: int):
+        def hook(module: nn.Module, args: tuple, output: tuple) -> None:
+            if torch.is_grad_enabled():
+                output[1].retain_grad()
+            self.weights[index] = output[1]
+
+        return hook
+
+    def __exit__(self, *exc_info: object) -> None:
+        for param, flag in self._flags:
+            param.requires_grad_(flag)
+            param.grad = None
+        for handle in self._handles:
+            handle.remove()
+
+    def relevance(self, target: torch.Tensor, row: int) -> list[torch.Tensor]:
+        """`Abar` of each module (in order) for batch row `row`, from one backward of the scalar `target`:
+        `(q_len, k_len)` each, in the probabilities' dtype."""
+        self.model.zero_grad(set_to_none=True)
+        for value in self.weights.values():
+            value.grad = None
+        target.backward(retain_graph=True)
+        return [
+            (self.weights[i].grad * self.weights[i]).clamp(min=0).mean(dim=1)[row].detach()
+            for i in range(len(self.modules))
+        ]

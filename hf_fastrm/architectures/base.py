@@ -16,6 +16,39 @@ InlineAttentionForward = Callable[..., Any]
 """``forward(module, attention_function, *args, **kwargs)``: see [`ArchitectureAdapter.inline_attention`]."""
 
 
+def bert_style_attention(
+    module: nn.Module,
+    attention_function: Callable[..., Any],
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    input_shape: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The end of a BERT-style self-attention forward (GIT, BLIP's text decoder) whose inline ``softmax(q k^T /
+    sqrt(d) + mask) v`` is done by `attention_function` (see [`ArchitectureAdapter.inline_attention`]): the module's
+    ``attention_head_size`` gives the scaling, its ``dropout`` the dropout (in training mode only).
+
+    Args:
+        query (`torch.Tensor` of shape `(batch, heads, q_len, head_dim)`), key and value (`(batch, heads, k_len,
+            head_dim)`), attention_mask (additive, broadcastable to `(batch, 1, q_len, k_len)`, or None).
+        input_shape: the query states' leading shape, `(batch, q_len)`.
+
+    Returns:
+        `(context (batch, q_len, heads * head_dim), weights or None)`, as the module's own forward returns them.
+    """
+    output, weights = attention_function(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout=module.dropout.p if module.training else 0.0,
+        scaling=module.attention_head_size**-0.5,
+    )
+    return output.reshape(*input_shape, module.all_head_size), weights
+
+
 @dataclass
 class RowImageLayout:
     """Where one batch row's images sit in its token sequence.

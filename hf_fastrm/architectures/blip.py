@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ArchitectureAdapter, ImageStateReader, InlineAttentionForward, RowImageLayout
+from .base import ArchitectureAdapter, ImageStateReader, InlineAttentionForward, RowImageLayout, bert_style_attention
 
 
 def blip_text_self_attention(
@@ -72,16 +72,7 @@ def blip_text_self_attention(
             key, value = current_cache.update(key, value, module.layer_idx, kwargs=kwargs)
             if is_cross_attention and isinstance(cache, EncoderDecoderCache):
                 cache.is_updated[module.layer_idx] = True
-    output, weights = attention_function(
-        module,
-        query,
-        key,
-        value,
-        attention_mask,
-        dropout=module.dropout.p if module.training else 0.0,
-        scaling=module.attention_head_size**-0.5,
-    )
-    return output.reshape(*input_shape, module.all_head_size), weights
+    return bert_style_attention(module, attention_function, query, key, value, attention_mask, input_shape)
 
 
 class BlipAdapter(ArchitectureAdapter):

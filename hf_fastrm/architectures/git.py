@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import ArchitectureAdapter, InlineAttentionForward, RowImageLayout
+from .base import ArchitectureAdapter, InlineAttentionForward, RowImageLayout, bert_style_attention
 from .grids import square_grid
 
 
@@ -53,16 +53,7 @@ def git_self_attention(
     value = module.value(hidden_states).view(hidden_shape).transpose(1, 2)
     if cache is not None:
         key, value = cache.update(key, value, module.layer_idx, kwargs=kwargs)
-    output, weights = attention_function(
-        module,
-        query,
-        key,
-        value,
-        attention_mask,
-        dropout=module.dropout.p if module.training else 0.0,
-        scaling=module.attention_head_size**-0.5,
-    )
-    return output.reshape(*input_shape, module.all_head_size), weights
+    return bert_style_attention(module, attention_function, query, key, value, attention_mask, input_shape)
 
 
 class GitAdapter(ArchitectureAdapter):

@@ -16,6 +16,7 @@ import functools
 
 import pytest
 import torch
+from teacher_reference import OwnAttention
 from test_cross_attention import normalised
 from transformers import BlipConfig, BlipForConditionalGeneration
 
@@ -188,43 +189,22 @@ def naive_blip_relevancy(model, pixel_values, sequences, prompt_length: int, blo
     blocks = range(len(modules)) if blocks is None else blocks
     ids = sequences[:, :-1]
     new = sequences.shape[1] - prompt_length
-    weights: dict[int, torch.Tensor] = {}
-    handles = [
-        module.register_forward_hook(lambda m, a, out, i=index: weights.update({i: out[1]}))
-        for index, module in enumerate(modules)
-    ]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for param, _ in flags:
-            param.requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(input_ids=ids, pixel_values=pixel_values).logits  # (rows, seq, vocab)
-            for value in weights.values():
-                value.retain_grad()
-            maps = torch.zeros(ids.shape[0], new, 1 + SIDE * SIDE, dtype=logits.dtype)
-            for row in range(ids.shape[0]):
-                for step in range(new):
-                    position = prompt_length - 1 + step
-                    model.zero_grad()
-                    for value in weights.values():
-                        value.grad = None
-                    logits[row, position, sequences[row, prompt_length + step]].backward(retain_graph=True)
-                    text = torch.eye(ids.shape[1], dtype=logits.dtype)
-                    image = torch.zeros(ids.shape[1], 1 + SIDE * SIDE, dtype=logits.dtype)
-                    for index in blocks:
-                        attention = weights[index]
-                        relevance = (attention.grad * attention).clamp(min=0).mean(dim=1)[row]
-                        if index % 2:  # cross-attention
-                            image = image + normalised(text) @ relevance
-                        else:
-                            image = image + relevance @ image
-                            text = text + relevance @ text
-                    maps[row, step] = image[position].detach()
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
-        for handle in handles:
-            handle.remove()
+    with OwnAttention(model, modules) as own, torch.enable_grad():
+        logits = model(input_ids=ids, pixel_values=pixel_values).logits  # (rows, seq, vocab)
+        maps = torch.zeros(ids.shape[0], new, 1 + SIDE * SIDE, dtype=logits.dtype)
+        for row in range(ids.shape[0]):
+            for step in range(new):
+                position = prompt_length - 1 + step
+                relevances = own.relevance(logits[row, position, sequences[row, prompt_length + step]], row)
+                text = torch.eye(ids.shape[1], dtype=logits.dtype)
+                image = torch.zeros(ids.shape[1], 1 + SIDE * SIDE, dtype=logits.dtype)
+                for index in blocks:
+                    if index % 2:  # cross-attention
+                        image = image + normalised(text) @ relevances[index]
+                    else:
+                        image = image + relevances[index] @ image
+                        text = text + relevances[index] @ text
+                maps[row, step] = image[position]
     return maps
 
 
@@ -298,24 +278,10 @@ def test_streamer_and_row_wise_stopping_criteria():
     """A streamer and stopping criteria that end the rows at different steps, passed through BLIP's generate() to
     the text decoder's: the same tokens and stream as plain generate(); maps equal the head on a separate forward
     for each row's tokens; the pad filler after a row stopped is marked special."""
-    from test_modes import RecordingStreamer, StopRowsAfter
-    from transformers import StoppingCriteriaList
+    from test_modes import streamed_like_plain
 
     model, inputs, head = built("caption")
-
-    def settings() -> tuple[dict, RecordingStreamer]:
-        streamer = RecordingStreamer()
-        stopping = StoppingCriteriaList([StopRowsAfter(prompt_length=1)])  # BLIP's decoder prompt: BOS
-        return {"do_sample": False, "max_new_tokens": 4, "streamer": streamer, "stopping_criteria": stopping}, streamer
-
-    kwargs, plain_streamer = settings()
-    with torch.no_grad():
-        plain = model.generate(**inputs, **kwargs)
-    kwargs, streamer = settings()
-    out = FastRMWrapper(model, head).generate(**inputs, **kwargs, return_relevancy=True)
-    torch.testing.assert_close(out.sequences, plain, rtol=0, atol=0)
-    assert streamer.ended
-    torch.testing.assert_close(streamer.new_tokens(), plain_streamer.new_tokens(), rtol=0, atol=0)
+    out = streamed_like_plain(model, head, inputs, 1, do_sample=False, max_new_tokens=4)  # decoder prompt: BOS
     # row b stops after 1 + b tokens; generate() fills row 0's second step with the pad token, marked special
     assert out.sequences[0, 2].item() == PAD and out.special_token_mask.tolist() == [[False, True], [False, False]]
     reference = reference_maps(model, head, inputs["pixel_values"], out.sequences, prompt_length=1)

@@ -645,24 +645,9 @@ def test_decoder_only_methods_refuse_encoder_decoder_models(method):
 def test_streamer_and_row_wise_stopping_criteria(name):
     """A streamer and stopping criteria that end the rows at different steps: the same tokens and stream as plain
     generate() (the decoder's start token first), maps equal to the head on a separate forward."""
-    from test_modes import RecordingStreamer, StopRowsAfter
-    from transformers import StoppingCriteriaList
+    from test_modes import streamed_like_plain
 
     model, inputs, expected, head = built(name)
-
-    def settings() -> tuple[dict, RecordingStreamer]:
-        streamer = RecordingStreamer()
-        stopping = StoppingCriteriaList([StopRowsAfter(prompt_length=1)])  # the decoder starts from one token
-        return {**GREEDY, "streamer": streamer, "stopping_criteria": stopping}, streamer
-
-    kwargs, plain_streamer = settings()
-    with torch.no_grad():
-        plain = model.generate(**inputs, **kwargs)
-    kwargs, streamer = settings()
-    out = FastRMWrapper(model, head).generate(**inputs, **kwargs, return_relevancy=True)
-    torch.testing.assert_close(out.sequences, plain, rtol=0, atol=0)
-    assert streamer.ended
-    torch.testing.assert_close(streamer.new_tokens(), plain_streamer.new_tokens(), rtol=0, atol=0)
-    torch.testing.assert_close(streamer.new_tokens(), out.sequences[:, 1:], rtol=0, atol=0)
+    out = streamed_like_plain(model, head, inputs, 1, **GREEDY)  # the decoder starts from one token
     assert out.sequences.shape[1] - 1 < NEW_TOKENS  # the criteria ended generation early
     check_against_separate_forward(model, head, inputs, out, expected)

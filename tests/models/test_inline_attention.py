@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from teacher_reference import OwnAttention
 from test_families import built, generated
 
 from hf_fastrm.architectures import get_adapter
@@ -31,45 +32,24 @@ def naive_git_relevancy(model, inputs: dict, sequences: torch.Tensor) -> torch.T
     new = sequences.shape[1] - prompt_length
     ids = sequences[:, :-1]
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(ids[:, prompt_length:])], dim=1)
-    weights: dict[int, torch.Tensor] = {}
-    handles = [
-        layer.attention.self.register_forward_hook(lambda m, a, out, i=index: weights.update({i: out[1]}))
-        for index, layer in enumerate(layers)
-    ]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for param, _ in flags:
-            param.requires_grad_(True)
-        with torch.enable_grad():
-            logits = model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=generation_position_ids(mask),  # as generate() gives them: left padding starts at 0
-                pixel_values=inputs["pixel_values"],
-                use_cache=False,
-            ).logits  # (rows, prefix + seq, vocab)
-            prefix = logits.shape[1] - ids.shape[1]
-            for value in weights.values():
-                value.retain_grad()
-            maps = torch.zeros(ids.shape[0], new, logits.shape[1], dtype=logits.dtype)
-            for row in range(ids.shape[0]):
-                for step in range(new):
-                    position = prefix + prompt_length - 1 + step
-                    model.zero_grad()
-                    for value in weights.values():
-                        value.grad = None
-                    logits[row, position, sequences[row, prompt_length + step]].backward(retain_graph=True)
-                    product = torch.eye(logits.shape[1], dtype=logits.dtype)
-                    for index in range(len(layers)):
-                        attention = weights[index]
-                        relevance = (attention.grad * attention).clamp(min=0).mean(dim=1)[row]
-                        product = product + relevance @ product
-                    maps[row, step] = product[position].detach()
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
-        for handle in handles:
-            handle.remove()
+    with OwnAttention(model, [layer.attention.self for layer in layers]) as own, torch.enable_grad():
+        logits = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=generation_position_ids(mask),  # as generate() gives them: left padding starts at 0
+            pixel_values=inputs["pixel_values"],
+            use_cache=False,
+        ).logits  # (rows, prefix + seq, vocab)
+        prefix = logits.shape[1] - ids.shape[1]
+        maps = torch.zeros(ids.shape[0], new, logits.shape[1], dtype=logits.dtype)
+        for row in range(ids.shape[0]):
+            for step in range(new):
+                position = prefix + prompt_length - 1 + step
+                target = logits[row, position, sequences[row, prompt_length + step]]
+                product = torch.eye(logits.shape[1], dtype=logits.dtype)
+                for relevance in own.relevance(target, row):
+                    product = product + relevance @ product
+                maps[row, step] = product[position]
     return maps
 
 

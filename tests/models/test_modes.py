@@ -106,14 +106,34 @@ class StopRowsAfter(StoppingCriteria):
         return input_ids.shape[1] - self.prompt_length >= 1 + rows % NEW_TOKENS
 
 
+def streaming(prompt_length: int, **kwargs) -> tuple[dict, RecordingStreamer]:
+    """`generate()` settings `kwargs` plus a fresh [`RecordingStreamer`] and [`StopRowsAfter`] stopping criteria
+    (rows end at different steps) for a decoder prompt of `prompt_length` tokens; and the streamer."""
+    streamer = RecordingStreamer()
+    stopping = StoppingCriteriaList([StopRowsAfter(prompt_length)])
+    return {**kwargs, "streamer": streamer, "stopping_criteria": stopping}, streamer
+
+
+def streamed_like_plain(model, head, inputs: dict, prompt_length: int, **kwargs):
+    """`FastRMWrapper.generate(..., return_relevancy=True)` with [`streaming`] settings, after checking it gives the
+    same sequences as plain generate() and streams the same tokens (each call with a fresh streamer); its output."""
+    plain_kwargs, plain_streamer = streaming(prompt_length, **kwargs)
+    with torch.no_grad():
+        plain = model.generate(**inputs, **plain_kwargs)
+    fastrm_kwargs, streamer = streaming(prompt_length, **kwargs)
+    out = FastRMWrapper(model, head).generate(**inputs, **fastrm_kwargs, return_relevancy=True)
+    torch.testing.assert_close(out.sequences, plain, rtol=0, atol=0)
+    assert streamer.ended
+    torch.testing.assert_close(streamer.new_tokens(), plain_streamer.new_tokens(), rtol=0, atol=0)
+    torch.testing.assert_close(streamer.new_tokens(), out.sequences[:, prompt_length:], rtol=0, atol=0)
+    return out
+
+
 def settings(mode: str, inputs: dict) -> tuple[dict, RecordingStreamer | None]:
     kwargs = {**MODES[mode][0], "max_new_tokens": NEW_TOKENS}
-    streamer = None
     if mode == "streamer-stopping":
-        streamer = RecordingStreamer()
-        kwargs["streamer"] = streamer
-        kwargs["stopping_criteria"] = StoppingCriteriaList([StopRowsAfter(inputs["input_ids"].shape[1])])
-    return kwargs, streamer
+        return streaming(inputs["input_ids"].shape[1], **kwargs)
+    return kwargs, None
 
 
 def plain_or_skip(model, inputs: dict, mode: str):
