@@ -1543,12 +1543,9 @@ LOCALITY_UNCHECKED = {
     "its pixel decoder does not know this input layout (patch lists, NaFlex, (C, P, P) patches, tiles) or the "
     "grid's cell order is wrong"
     for name in (
-        "gemma4",
         "cohere2_vision",
         "paddleocr_vl",
         "hunyuan_vl",
-        "lfm2_vl",
-        "kimi_k25",
         "mistral_large4",
         "video_llama_3",
         "lighton_ocr",
@@ -1610,8 +1607,6 @@ processor: "Flatten patches in row-major order in comparison to Qwen"; its merge
 
 # --- ocr
 LOCALITY_UNCHECKED |= {
-    "gemma4_unified": "the locality probe's pixel decoder does not know merged-block patch lists (`(images, blocks, "
-    "block * block * 3)`); not investigated",
     "granite4_vision": "no probe possible: the image features enter at decoder layers (deepstack injection), the "
     "input embeddings at image tokens are zeros, so their gradient says nothing about the pixels",
     "unlimited_ocr": "the probe follows `pixel_values` / `pixel_values_videos` only; the crops' tokens come from "
@@ -1621,6 +1616,65 @@ LOCALITY_UNCHECKED |= {
     "patches, patch * patch * 3)`, overlapping crops); not investigated",
 }
 LOCALITY_SLOW |= {"unlimited_ocr"}  # an expected failure costing ~20 s (one backward per image token)
+
+
+# --- locality: loc1
+def patch_list_coordinates(
+    tensor: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, subs: torch.Tensor
+) -> torch.Tensor:
+    """`(elements, 3)` (sub-image id, y, x) of a patch list whose leading dims index patches and whose trailing
+    `features` elements are one patch's pixels: every element of patch ``i`` gets ``(subs[i], rows[i], cols[i])``,
+    in patches (a token's receptive field is a block of whole patches; where inside a patch its gradient falls depends
+    on the patch embedding's weights, not on the grid)."""
+    per_patch = torch.stack([subs.reshape(-1), rows.reshape(-1), cols.reshape(-1)], dim=1)
+    return per_patch.repeat_interleave(tensor.numel() // per_patch.shape[0], dim=0)
+
+
+def xy_positioned_coordinates(key: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """Gemma 4 / Gemma 4 unified `pixel_values` `(images, max_patches, patch * patch * 3)` with `image_position_ids`
+    `(images, max_patches, 2)`, each patch's `(x, y)` in patches, `(-1, -1)` for padding (Gemma 4:
+    `Gemma4ImageProcessorPil._preprocess`, "Compute position IDs" with `np.meshgrid(..., indexing="xy")`; unified:
+    `patches_merge`, whose merged positions are the min over each kernel of the teacher positions divided by `k`).
+    The towers place patches by these positions only (`Gemma4VisionPooler._avg_pool_by_positions`,
+    `Gemma4UnifiedVisionEmbedder`'s factorized position embedding), so the decoder reads them too. Padding patches
+    (masked to zero by the pooler; their soft tokens dropped) get position 0 and never receive gradient."""
+    positions = inputs["image_position_ids"].clamp(min=0)
+    images = torch.arange(tensor.shape[0]).view(-1, 1).expand(tensor.shape[:2])
+    return patch_list_coordinates(tensor, positions[..., 1], positions[..., 0], images)
+
+
+def naflex_coordinates(key: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """LFM2-VL (SigLIP2 NaFlex) `pixel_values` `(images, max_patches, patch * patch * channels)`: each image's
+    `spatial_shapes[i] = (h, w)` patches row-major, then padding (`Lfm2VlImageProcessor`'s `convert_image_to_patches`,
+    permute `(batch, h, w, p, p, c)`; `Lfm2VlModel.get_image_features` reads patch ``row * w + column``)."""
+    index = torch.arange(tensor.shape[1]).view(1, -1)
+    widths = inputs["spatial_shapes"][:, 1:2]
+    images = torch.arange(tensor.shape[0]).view(-1, 1).expand(tensor.shape[:2])
+    return patch_list_coordinates(tensor, index // widths, index % widths, images)
+
+
+def thw_row_major_coordinates(key: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """Kimi K2.5 `(patches, channels, patch, patch)` patches: per image (or video) its frames' `(h, w)` patches
+    row-major (`KimiK25ImageProcessor.patchify`: permute to `[batch, grid_h, grid_w, channel, patch, patch]`;
+    `get_vision_temporal_merge_index` reads patch ``row * width + col`` of each frame). The sub-image is the image or
+    video: the tower's temporal merge averages a video's frames into each token ("the frame index is dropped: that's
+    the pooled axis")."""
+    grids = inputs["image_grid_thw" if key == "pixel_values" else "video_grid_thw"].tolist()
+    subs, rows, cols = [], [], []
+    for image, (t, h, w) in enumerate(grids):
+        index = torch.arange(t * h * w) % (h * w)
+        subs.append(torch.full_like(index, image))
+        rows.append(index // w)
+        cols.append(index % w)
+    return patch_list_coordinates(tensor, torch.cat(rows), torch.cat(cols), torch.cat(subs))
+
+
+LOCALITY_PIXEL_COORDINATES |= {
+    "gemma4": xy_positioned_coordinates,
+    "gemma4_unified": xy_positioned_coordinates,
+    "lfm2_vl": naflex_coordinates,
+    "kimi_k25": thw_row_major_coordinates,
+}
 
 
 def table_cases() -> list[FamilyCase]:
