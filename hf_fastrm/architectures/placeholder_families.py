@@ -177,13 +177,19 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         ("lighton_ocr",),
         family="LightOnOCR",
         grid_description=SIZES,
-        tested_configs=("lighton_ocr: Pixtral tower, image_sizes; 1 and 2 images a row",),
+        tested_configs=(
+            "lighton_ocr: Pixtral tower 4 px / patch, merge 2; images 16x16, 16x24, 24x16 padded in one batch "
+            "(image_sizes); 1 and 2 images a row",
+        ),
     ),
     PlaceholderAdapter(
         ("mistral_large4",),
         family="Mistral Large 4",
         grid_description=SIZES,
-        tested_configs=("mistral_large4: Pixtral tower with spatial merge, MLA decoder with indexer; image_sizes",),
+        tested_configs=(
+            "mistral_large4: Pixtral tower 4 px / patch, merge 2; images 16x16, 16x24, 24x16 padded in one batch "
+            "(image_sizes); MLA decoder with indexer",
+        ),
     ),
     PlaceholderAdapter(
         ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"),

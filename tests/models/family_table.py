@@ -1218,6 +1218,24 @@ MISTRAL_LARGE4 = {
     "text_config.index_n_heads": 2,
     "text_config.rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
 }
+PIXTRAL_PATCH = {"vision_config.patch_size": 4, "vision_config.image_size": 24}
+"""Pixtral towers (Mistral Large 4, LightOnOCR) at 4 px patches. The locality probe measures receptive-field
+centroids in pixels and lets a row of cells drift by less than 1: at the configs' 14 px patches a 2x2-merged cell is
+28 px wide and the merger's unequal weights on its four patches move its centroid by ~1 px (up to 1.05 px apart
+across a row, the grid itself right); at 4 px the same wander is ~0.3 px."""
+
+
+def pixtral_pixels(config: Any) -> tuple[dict[str, Any], list[tuple[int, ...]]]:
+    """Images of 2x2, 2x3 and 3x2 merged patches padded at the bottom right into one batch tensor, with their
+    `image_sizes`, as `PixtralImageProcessor._pad_for_batching` pads; the tower crops each image's patches back to
+    `image_sizes` (`PixtralVisionModel.forward`) and the patch merger unfolds them row-major, so each image's grid is
+    `(height / (patch * merge), width / (patch * merge))`."""
+    step = config.vision_config.patch_size * config.spatial_merge_size
+    sizes = [(2 * step, 2 * step), (2 * step, 3 * step), (3 * step, 2 * step)]
+    pixel_values, shapes = vq_images(sizes, step)
+    return {"pixel_values": pixel_values, "image_sizes": torch.tensor(sizes)}, shapes
+
+
 MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]}
 PER_LAYER_ROPE = {
     name: {"rope_type": "default", "rope_theta": 10000.0} for name in ("full_attention", "sliding_attention")
@@ -1228,7 +1246,11 @@ GLM = {"text_config.rope_parameters": GLM_ROPE}
 
 TABLE: list[TableEntry] = [
     TableEntry("gemma4", config_kwargs={"vision_config": {}}, overrides=GEMMA4, pixels=gemma4_pixels),
-    TableEntry("cohere2_vision", notes="SigLIP tower, pixel shuffle; square images"),
+    TableEntry(
+        "cohere2_vision",
+        overrides={"vision_config.patch_size": 2, "vision_config.image_size": 8},
+        notes="SigLIP tower 8 px / patch 2 (the locality probe's centroids are in pixels), pixel shuffle; square images",
+    ),
     TableEntry("cosmos3_omni", pixels="thw", mrope=True, notes="Qwen3-VL tower; 3 images by image_grid_thw"),
     TableEntry("deepseek_vl", notes="SigLIP tower; square images"),
     TableEntry(
@@ -1289,7 +1311,12 @@ TABLE: list[TableEntry] = [
         overrides={"vision_config.adapter_in_dim": 32, "vision_config.adapter_out_dim": 32},
         notes="MLA decoder whose value heads are narrower than its key heads (the teacher handles that now)",
     ),
-    TableEntry("mistral_large4", pixels="sizes", overrides=MISTRAL_LARGE4, notes="Pixtral tower, MLA decoder"),
+    TableEntry(
+        "mistral_large4",
+        pixels=pixtral_pixels,
+        overrides=MISTRAL_LARGE4 | PIXTRAL_PATCH,
+        notes="Pixtral tower (4 px patches, merge 2), images of three sizes padded in one batch; MLA decoder",
+    ),
     TableEntry(
         "qwen2_5_omni_thinker",
         pixels="thw",
@@ -1299,7 +1326,12 @@ TABLE: list[TableEntry] = [
     TableEntry("qwen3_omni_moe_thinker", pixels="thw", mrope=True, overrides={"vision_start_token_id": 250}),
     TableEntry("video_llama_3", pixels="thw", mrope=False, notes="image_merge_sizes 1"),
     TableEntry("step3p7", overrides={"text_config.sliding_window": 64}),
-    TableEntry("lighton_ocr", pixels="sizes"),
+    TableEntry(
+        "lighton_ocr",
+        pixels=pixtral_pixels,
+        overrides=PIXTRAL_PATCH,
+        notes="Pixtral tower (4 px patches, merge 2), images of three sizes padded in one batch",
+    ),
     TableEntry("cohere_compass", pixels="thw", mrope=True, overrides={"text_config.rope_parameters": PER_LAYER_ROPE}),
     TableEntry("idefics2", pixels="5d", grid=None, notes="perceiver latents: 1-D"),
     TableEntry("lfm3_vl", pixels="thw", teacher_issue=HYBRID),
@@ -1543,12 +1575,9 @@ LOCALITY_UNCHECKED = {
     "its pixel decoder does not know this input layout (patch lists, NaFlex, (C, P, P) patches, tiles) or the "
     "grid's cell order is wrong"
     for name in (
-        "cohere2_vision",
         "paddleocr_vl",
         "hunyuan_vl",
-        "mistral_large4",
         "video_llama_3",
-        "lighton_ocr",
     )
 } | {
     "idefics2": "1-D latents: a perceiver mixes the whole image into every latent, there is no locality to check",
