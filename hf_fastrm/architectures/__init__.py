@@ -3,6 +3,7 @@
 from .apertus1p5 import Apertus1p5Adapter
 from .aya_vision import AyaVisionAdapter
 from .base import ArchitectureAdapter, RowImageLayout
+from .cohere2_vision import Cohere2VisionAdapter
 from .deepseek_ocr import DeepseekOcr2Adapter, UnlimitedOcrAdapter
 from .encoder_decoder import ENCODER_DECODER_FAMILIES, EncoderDecoderAdapter, Florence2Adapter, T5Gemma2Adapter
 from .fuyu import FuyuAdapter
@@ -63,7 +64,13 @@ for _adapter in (
     IdeficsAdapter,
 ):
     register_architecture(_adapter)
-for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter(), *ENCODER_DECODER_FAMILIES):
+for _instance in (
+    *PLACEHOLDER_FAMILIES,
+    Gemma4Adapter(),
+    HunYuanVLAdapter(),
+    Cohere2VisionAdapter(),
+    *ENCODER_DECODER_FAMILIES,
+):
     register_architecture(_instance)
 # --- qwenlike
 for _instance in (HYV4VLAdapter(), Qwen4ExpAdapter()):
@@ -98,6 +105,7 @@ __all__ = [
     "ArchitectureAdapter",
     "AyaVisionAdapter",
     "ChameleonAdapter",
+    "Cohere2VisionAdapter",
     "DeepseekOcr2Adapter",
     "Emu3Adapter",
     "EncoderDecoderAdapter",

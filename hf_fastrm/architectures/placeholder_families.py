@@ -44,12 +44,6 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         tested_configs=("lfm2_vl: SigLIP2 NaFlex tower, 4x4, 4x6, 6x4 patches, downsample 2; LFM2 hybrid decoder",),
     ),
     PlaceholderAdapter(
-        ("cohere2_vision",),
-        family="Cohere2 Vision (Command A Vision)",
-        grid_description=SQUARE,
-        tested_configs=("cohere2_vision: SigLIP tower 8 px / patch 2, pixel shuffle; 1 and 2 images a row",),
-    ),
-    PlaceholderAdapter(
         ("cosmos3_omni",),
         family="Cosmos 3 Omni",
         grid_description=THW,
