@@ -42,6 +42,7 @@ from .registry import (
     unregister_architecture,
 )
 from .timm_towers import TIMM_FAMILIES
+from .video_llama_3 import VideoLlama3Adapter
 from .vipllava import VipLlavaAdapter
 from .vq import ChameleonAdapter, Emu3Adapter
 
@@ -65,6 +66,8 @@ for _adapter in (
     register_architecture(_adapter)
 for _instance in (*PLACEHOLDER_FAMILIES, Gemma4Adapter(), HunYuanVLAdapter(), *ENCODER_DECODER_FAMILIES):
     register_architecture(_instance)
+# --- locality: loc3
+register_architecture(VideoLlama3Adapter())
 # --- qwenlike
 for _instance in (HYV4VLAdapter(), Qwen4ExpAdapter()):
     register_architecture(_instance)
@@ -134,6 +137,7 @@ __all__ = [
     "RowImageLayout",
     "T5Gemma2Adapter",
     "UnlimitedOcrAdapter",
+    "VideoLlama3Adapter",
     "VipLlavaAdapter",
     "get_adapter",
     "register_architecture",

@@ -103,8 +103,8 @@ FOOTER = """
   per crop, after the original image; the crop boxes are not passed).
 
 * Not yet checked for locality (the test is an expected failure, not investigated: the probe may not decode
-  their pixel layout, or the cell order may be wrong): Gemma 4, Cohere2 Vision, PaddleOCR-VL, HunYuanVL, LFM2-VL,
-  Kimi K2.5, Mistral Large 4, VideoLLaMA 3, LightOnOCR, Gemma 4 unified, Molmo2, Unlimited-OCR (its crops come
+  their pixel layout, or the cell order may be wrong): Gemma 4, Cohere2 Vision, LFM2-VL,
+  Kimi K2.5, Mistral Large 4, LightOnOCR, Gemma 4 unified, Molmo2, Unlimited-OCR (its crops come
   from `pixel_values_local`, which the probe does not follow). Idefics2, Aria, BLIP-2, InstructBLIP(-Video),
   Kosmos-2(.5) and DeepSeek-OCR 2 have no locality (1-D latents or learned queries); GIT's prepended image is not
   read by the probe yet. Granite 4 Vision cannot be probed: its image features enter at decoder layers (deepstack),
