@@ -43,6 +43,7 @@ from .registry import (
     unregister_architecture,
 )
 from .timm_towers import TIMM_FAMILIES
+from .video_llama_3 import VideoLlama3Adapter
 from .vipllava import VipLlavaAdapter
 from .vq import ChameleonAdapter, Emu3Adapter
 
@@ -72,6 +73,8 @@ for _instance in (
     *ENCODER_DECODER_FAMILIES,
 ):
     register_architecture(_instance)
+# --- locality: loc3
+register_architecture(VideoLlama3Adapter())
 # --- qwenlike
 for _instance in (HYV4VLAdapter(), Qwen4ExpAdapter()):
     register_architecture(_instance)
@@ -142,6 +145,7 @@ __all__ = [
     "RowImageLayout",
     "T5Gemma2Adapter",
     "UnlimitedOcrAdapter",
+    "VideoLlama3Adapter",
     "VipLlavaAdapter",
     "get_adapter",
     "register_architecture",

@@ -201,12 +201,6 @@ PLACEHOLDER_FAMILIES: tuple[PlaceholderAdapter, ...] = (
         tested_configs=("step3p7: at the tiny size one token an image (a 1x1 grid)",),
     ),
     PlaceholderAdapter(
-        ("video_llama_3",),
-        family="VideoLLaMA 3",
-        grid_description=THW + " (merge per image from `image_merge_sizes`; 1 in the tested config)",
-        tested_configs=("video_llama_3: image_grid_thw 1x4x4, 1x4x6, 1x6x4, image_merge_sizes 1",),
-    ),
-    PlaceholderAdapter(
         ("video_llava",),
         family="Video-LLaVA",
         grid_description=SQUARE + "; videos one 1-D grid each",

@@ -1571,15 +1571,6 @@ TABLE: list[TableEntry] = [
 
 
 LOCALITY_UNCHECKED = {
-    name: "the locality probe (tests/models/test_family_locality.py) fails here and was not investigated yet: either "
-    "its pixel decoder does not know this input layout (patch lists, NaFlex, (C, P, P) patches, tiles) or the "
-    "grid's cell order is wrong"
-    for name in (
-        "paddleocr_vl",
-        "hunyuan_vl",
-        "video_llama_3",
-    )
-} | {
     "idefics2": "1-D latents: a perceiver mixes the whole image into every latent, there is no locality to check",
     "aria": "1-D learned queries: every query attends to the whole image, there is no locality to check",
 }
@@ -1708,3 +1699,50 @@ LOCALITY_PIXEL_COORDINATES |= {
 
 def table_cases() -> list[FamilyCase]:
     return [table_case(entry) for entry in TABLE]
+
+
+# --- locality: loc3
+def thw_patch_coordinates(grids: list[list[int]], merges: list[int], elements_per_patch: int) -> torch.Tensor:
+    """`(patches * elements_per_patch, 3)`: (sub-image id, patch row, patch column) of every element of a flattened
+    patch list, each item `(t, h, w)` of `grids` listing its patches in `(t, h / m, w / m, m, m)` order (`m` its
+    entry of `merges`; 1 is plain row-major), sub-images numbered per (item, temporal patch) in order."""
+    rows = []
+    base = 0
+    for (t, h, w), m in zip(grids, merges, strict=True):
+        frame, block_y, block_x, inner_y, inner_x = torch.meshgrid(
+            *(torch.arange(s) for s in (t, h // m, w // m, m, m)), indexing="ij"
+        )
+        rows.append(torch.stack([base + frame, block_y * m + inner_y, block_x * m + inner_x], dim=-1).reshape(-1, 3))
+        base += t
+    return torch.cat(rows).repeat_interleave(elements_per_patch, dim=0)
+
+
+def paddleocr_vl_pixels(key: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """PaddleOCR-VL's `(patches, channels, patch, patch)` pixel values: each image's patches row-major, as its image
+    processor writes them (transformers 5.24 `PaddleOCRVLImageProcessor.patchify`: ``permute(0, 2, 4, 1, 3, 5)`` to
+    `[batch, grid_h, grid_w, channel, patch, patch]`) and its projector reads them (`PaddleOCRProjector.forward`:
+    ``reshape(t, h_block, m1, w_block, m2, d).transpose(2, 3)``, merge blocks cut from the row-major grid). Every
+    element gets its patch's (row, column), as the probe's own decoder of flattened patches does."""
+    grids = inputs["image_grid_thw"].tolist()
+    return thw_patch_coordinates(grids, [1] * len(grids), tensor[0].numel())
+
+
+def video_llama_3_pixels(key: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """VideoLLaMA 3's `(patches, channels * patch * patch)` lists: per image (video) its patches in `(t, h / m, w / m,
+    m, m)` order with its own merge size `m` from ``image_merge_sizes`` (``video_merge_sizes``), as its image
+    processor writes them (transformers 5.24 `VideoLlama3ImageProcessor` patchify: ``permute(0, 2, 5, 3, 6, 1, 4,
+    7)`` of `(batch, channel, h / m, m, patch, w / m, m, patch)`) and `VideoLlama3VisionModel.pixel_unshuffle` undoes
+    (``view(t, h // m, w // m, m, m, c).permute(0, 1, 3, 2, 4, 5)`` back to `(t, h, w)`, then a bilinear resize to
+    `(h / m, w / m)`). The probe's default decoder assumes merge 2 for every image; the tested config uses 1."""
+    video = key == "pixel_values_videos"
+    grids = inputs["video_grid_thw" if video else "image_grid_thw"].tolist()
+    merges = inputs["video_merge_sizes" if video else "image_merge_sizes"].tolist()
+    return thw_patch_coordinates(grids, merges, tensor[0].numel())
+
+
+LOCALITY_PIXEL_COORDINATES |= {"paddleocr_vl": paddleocr_vl_pixels, "video_llama_3": video_llama_3_pixels}
+LOCALITY_PATCH_MERGE["hunyuan_vl"] = 1
+"""HunYuanVL's flattened patches are row-major `(t, h, w)` (its image processor's patchify: ``permute(0, 2, 3, 5, 6,
+1, 4, 7)`` of `(batch, channel, h / m, m, patch, w / m, m, patch)`, "Flatten patches in row-major order in comparison
+to Qwen"); `HunYuanVLVisionPatchMerger` reshapes them to `(channels, h, w)` and merges with a stride-m convolution
+(kernel = stride: each merged cell sees its own m x m patches only)."""

@@ -1,0 +1,125 @@
+"""VideoLLaMA 3's grids with the merge sizes its processors pass per item and with video token compression.
+
+The table case runs images at the image processor's default merge size 1. Its video processor merges 2 x 2 and
+drops unchanged patches (``video_compression_mask``), and a caller may ask the image processor for merge 2: the
+grids must then follow ``image_merge_sizes`` / ``video_merge_sizes`` (the vision config has no merge size) and leave
+the dropped cells empty, and every cell must still look at its part of the image (the locality probe's method).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from family_table import video_llama_3_pixels
+from test_families import built
+from test_family_locality import check_axis, decoder_inputs, token_pixel_weights, vision_attention_silenced
+
+from hf_fastrm.architectures import VideoLlama3Adapter, get_adapter
+
+IMAGE, VIDEO = 200, 201  # the tiny table config's placeholder ids
+
+
+def image_inputs_merged_2(inputs: dict) -> dict:
+    """The table case's three images (1x4x4, 1x4x6, 1x6x4 patches) at merge size 2: 4, 6 and 6 tokens."""
+    ids = torch.tensor(
+        [
+            [0, 0, 0, 0, 0, 0, 1, 19, 6] + [IMAGE] * 4 + [175, 38, 145],
+            [1] + [IMAGE] * 6 + [169, 133] + [IMAGE] * 6 + [179],
+        ]
+    )
+    return dict(inputs, input_ids=ids, attention_mask=(ids != 0).long(), image_merge_sizes=torch.tensor([2, 2, 2]))
+
+
+def video_inputs() -> dict:
+    """One 2-frame video of 4x4 patches at merge 2 (8 features), 3 dropped by the compression mask; the prompt
+    writes each frame's kept tokens after a timestamp, as VideoLLaMA 3's processor does."""
+    pixels = torch.randn(32, 3 * 16 * 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([1, 1, 1, 1, 1, 0, 0, 1], dtype=torch.bool)
+    ids = torch.tensor([[1, 19] + [VIDEO] * 4 + [30, 31] + [VIDEO] * 2 + [175, 38]])
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values_videos": pixels,
+        "video_grid_thw": torch.tensor([[2, 4, 4]]),
+        "video_merge_sizes": torch.tensor([2]),
+        "video_compression_mask": mask,
+    }
+
+
+def receptive_fields(model, inputs: dict, key: str, layouts) -> list[torch.Tensor]:
+    """Per row, `(image_tokens, 3)`: each token's dominant sub-image and pixel centroid with the vision attention
+    silenced (tests/models/test_family_locality.py's method, on inputs the table does not build)."""
+    language_model = get_adapter(model).language_model(model)
+    pixels = inputs[key].detach().clone().requires_grad_(True)
+    captured = {}
+
+    def capture(module, args, kwargs):
+        captured["embeds"] = decoder_inputs(args, kwargs)
+
+    handle = language_model.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with vision_attention_silenced(model, language_model), torch.enable_grad():
+            model(**{**inputs, key: pixels})
+    finally:
+        handle.remove()
+    coords = video_llama_3_pixels(key, pixels, inputs).float()
+    subs = coords[:, 0].long()
+    fields = []
+    for row, layout in enumerate(layouts):
+        weights = token_pixel_weights(captured["embeds"], row, layout.image_positions, [pixels], direction=None)
+        mass = torch.zeros(weights.shape[0], int(subs.max()) + 1).index_add_(1, subs, weights)
+        keep = (subs.unsqueeze(0) == mass.argmax(dim=1).unsqueeze(1)) & (weights > 0)
+        kept = weights * keep
+        centroid = kept @ coords[:, 1:] / kept.sum(dim=1, keepdim=True)
+        fields.append(torch.cat([mass.argmax(dim=1).float().unsqueeze(1), centroid], dim=1))
+    return fields
+
+
+def check_locality(model, inputs: dict, key: str, layouts) -> None:
+    for row, (layout, fields) in enumerate(zip(layouts, receptive_fields(model, inputs, key, layouts), strict=True)):
+        for label, grid in zip(layout.grid_labels, layout.image_grids, strict=True):
+            for axis in range(-grid.ndim, 0):
+                if grid.shape[axis] > 1:
+                    check_axis(fields, grid, axis, f"video_llama_3 row {row} {label}")
+
+
+def test_image_merge_sizes_2():
+    model, inputs, _ = built("video_llama_3")
+    inputs = image_inputs_merged_2(inputs)
+    adapter = get_adapter(model)
+    assert isinstance(adapter, VideoLlama3Adapter)
+    layouts = adapter.image_layout(model.config, inputs["input_ids"], inputs)
+    assert [[tuple(grid.shape) for grid in layout.image_grids] for layout in layouts] == [[(2, 2)], [(2, 3), (3, 2)]]
+    for layout in layouts:  # every image token in exactly one cell, cells in prompt order
+        cells = torch.cat([grid.flatten() for grid in layout.image_grids])
+        assert torch.equal(cells, torch.arange(layout.image_positions.numel()))
+    check_locality(model, inputs, "pixel_values", layouts)
+
+
+def test_video_merge_and_compression():
+    model, _, _ = built("video_llama_3")
+    inputs = video_inputs()
+    with torch.no_grad():  # the model itself takes this prompt (its feature count check passes)
+        model(**inputs)
+    (layout,) = get_adapter(model).image_layout(model.config, inputs["input_ids"], inputs)
+    (grid,) = layout.image_grids
+    assert layout.grid_labels == ["video 0"]
+    assert grid.shape == (2, 2, 2)
+    mask = inputs["video_compression_mask"]
+    assert torch.equal(grid.flatten() >= 0, mask)  # dropped features have no cell
+    assert torch.equal(grid.flatten()[mask], torch.arange(int(mask.sum())))  # kept ones in prompt order
+    check_locality(model, inputs, "pixel_values_videos", [layout])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"video_merge_sizes": torch.tensor([2, 2])}, "`video_merge_sizes` has 2 entries"),
+        ({"video_compression_mask": torch.ones(6, dtype=torch.bool)}, "`video_compression_mask` has 6 entries"),
+    ],
+)
+def test_mismatched_video_inputs_refused(change, message):
+    model, _, _ = built("video_llama_3")
+    inputs = video_inputs() | change
+    with pytest.raises(ValueError, match=message):
+        get_adapter(model).image_layout(model.config, inputs["input_ids"], inputs)
