@@ -35,9 +35,9 @@ class Cohere2VisionAdapter(PlaceholderAdapter):
                 "forward's inputs)"
             ),
             tested_configs=(
-                "cohere2_vision: SigLIP tower 8 px / patch 2, pixel shuffle; 1 and 2 images a row",
-                "cohere2_vision tiles: images of 3 tiles (2 crops + thumbnail) and of 1 tile in a left-padded "
-                "batch; tests/models/test_cohere2_tiles.py",
+                "cohere2_vision: SigLIP tower 8 px / patch 2, pixel shuffle; 1 and 2 images a row; an image of 3 "
+                "tiles (2 crops + thumbnail) beside 1-tile images in a left-padded batch "
+                "(tests/models/test_cohere2_tiles.py)",
             ),
         )
 
