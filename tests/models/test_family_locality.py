@@ -158,20 +158,27 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
     coords = torch.cat([coordinates[k] + torch.tensor([offsets[k], 0, 0]) for k in pixels])
     subs = coords[:, 0].long()
     fields = []
+    chunk = 32  # tokens a batched backward: its (tokens, pixel elements) gradients are the probe's memory peak
     for row, layout in enumerate(layouts):
         positions = layout.image_positions
-        weights = token_pixel_weights(embeds, row, positions, list(pixels.values()), direction=None)
-        if bool((weights.sum(dim=1) == 0).any()):
-            # the plain sum of an embedding is constant after a LayerNorm (GIT's projector ends in one): a fixed
-            # random projection of it instead
-            direction = torch.randn(embeds.shape[-1], generator=torch.Generator().manual_seed(0), dtype=embeds.dtype)
-            weights = token_pixel_weights(embeds, row, positions, list(pixels.values()), direction=direction)
-        mass = torch.zeros(positions.numel(), total).index_add_(1, subs, weights)
-        sub = mass.argmax(dim=1)
-        keep = (subs.unsqueeze(0) == sub.unsqueeze(1)) & (weights > 0)
-        kept = weights * keep
-        centroid = kept @ coords[:, 1:] / kept.sum(dim=1, keepdim=True)
-        fields.append(torch.cat([sub.float().unsqueeze(1), centroid], dim=1))
+        pieces = []
+        for start in range(0, positions.numel(), chunk):
+            part = positions[start : start + chunk]
+            weights = token_pixel_weights(embeds, row, part, list(pixels.values()), direction=None)
+            if bool((weights.sum(dim=1) == 0).any()):
+                # the plain sum of an embedding is constant after a LayerNorm (GIT's projector ends in one): a
+                # fixed random projection of it instead
+                direction = torch.randn(
+                    embeds.shape[-1], generator=torch.Generator().manual_seed(0), dtype=embeds.dtype
+                )
+                weights = token_pixel_weights(embeds, row, part, list(pixels.values()), direction=direction)
+            mass = torch.zeros(part.numel(), total).index_add_(1, subs, weights)
+            sub = mass.argmax(dim=1)
+            kept = weights * ((subs.unsqueeze(0) == sub.unsqueeze(1)) & (weights > 0))
+            del weights
+            centroid = kept @ coords[:, 1:] / kept.sum(dim=1, keepdim=True)
+            pieces.append(torch.cat([sub.float().unsqueeze(1), centroid], dim=1))
+        fields.append(torch.cat(pieces))
     return fields
 
 
