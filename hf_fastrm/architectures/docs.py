@@ -103,14 +103,14 @@ FOOTER = """
   per crop, after the original image; the crop boxes are not passed).
 
 * Locality (each grid cell's token looks at the part of the image the cell stands for; tests/models/
-  test_family_locality.py, with per-family pixel decoders where a processor lays its patches out its own way) is
-  checked for every suite family except: Molmo2 (the probe does not decode its overlapping crops of flattened
-  patches) and Unlimited-OCR (its crops come from `pixel_values_local`, which the probe does not follow), not
-  investigated; Idefics2, IDEFICS 1, Aria, BLIP-2, InstructBLIP(-Video), Kosmos-2(.5) and DeepSeek-OCR 2 have no
-  locality (1-D latents or learned queries); Granite 4 Vision cannot be probed (its image features enter at decoder
-  layers, deepstack; the input embeddings of its image tokens are zeros); Chameleon and Emu3 (VQ codes: no gradient
-  reaches the pixels); MiniCPM-V (checked by tests/models/test_minicpm_locality.py instead); Fuyu (the probe does not
-  decode its concatenated patch lists). Qianfan-OCR's check runs with the slow tests.
+  test_family_locality.py, with per-family pixel decoders where a processor lays its patches out its own way; every
+  `pixel_values*` input is followed, so Unlimited-OCR's crops in `pixel_values_local` are, and Molmo2's overlapping
+  crops are placed on its processor's canvas) is checked for every suite family except: Idefics2, IDEFICS 1, Aria,
+  BLIP-2, InstructBLIP(-Video), Kosmos-2(.5) and DeepSeek-OCR 2 have no locality (1-D latents or learned queries);
+  Granite 4 Vision cannot be probed (its image features enter at decoder layers, deepstack; the input embeddings of
+  its image tokens are zeros); Chameleon and Emu3 (VQ codes: no gradient reaches the pixels); MiniCPM-V (checked by
+  tests/models/test_minicpm_locality.py instead); Fuyu (the probe does not decode its concatenated patch lists).
+  Qianfan-OCR's check runs with the slow tests.
 * No locality check: Inkling (1-D grids: an image's patch rows are not among the forward's inputs) and Apertus 1.5
   (its image tokens embed argmax VQ codes, so no gradient reaches the pixels for the probe to follow).
 

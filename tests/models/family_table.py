@@ -1068,48 +1068,17 @@ MOLMO2_COL = 211
 
 def molmo2_pixels(config: Any) -> tuple[dict[str, Any], list[list[tuple[str, tuple[int, ...]]]]]:
     """Molmo2's own image processor code on `MOLMO2_SIZES` (24 px crops, patch 4, overlap margins 1, pooling 2x2, up
-    to 4 crops), with its two torchvision calls (resize, rescale-normalize) replaced by torch equivalents: its crop
-    geometry, `image_token_pooling` and `image_grids` are the processor's. Grids: `image_grids` per image."""
+    to 4 crops), with its two torchvision calls (resize, rescale-normalize) replaced by torch equivalents (see
+    `molmo2_preprocess`): its crop geometry, `image_token_pooling` and `image_grids` are the processor's. Grids:
+    `image_grids` per image."""
     import numpy as np
     from family_builders import images
-    from transformers.image_utils import SizeDict
-    from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
 
-    class TorchOnly(Molmo2ImageProcessor):
-        def resize(self, image, size, resample=None, antialias=True, **kwargs):
-            return torch.nn.functional.interpolate(image, size=(size.height, size.width), mode="bilinear")
-
-        def rescale_and_normalize(self, image, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
-            image = image.float() * rescale_factor if do_rescale else image.float()
-            if do_normalize:
-                mean, std = torch.tensor(image_mean).view(-1, 1, 1), torch.tensor(image_std).view(-1, 1, 1)
-                image = (image - mean) / std
-            return image
-
-    processor = TorchOnly()
     tensors = [torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in images(*MOLMO2_SIZES)]
-    out = processor._preprocess(
-        tensors,
-        do_resize=True,
-        size=SizeDict(height=24, width=24),
-        resample=processor.resample,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=processor.image_mean,
-        image_std=processor.image_std,
-        do_convert_rgb=True,
-        max_crops=4,
-        overlap_margins=[1, 1],
-        patch_size=config.vision_config.patch_size,
-        pooling_size=[2, 2],
-        disable_grouping=None,
-        return_tensors="pt",
-    )
-    pixels = {key: out[key] for key in ("pixel_values", "image_token_pooling", "image_grids", "image_num_crops")}
+    pixels = molmo2_preprocess(tensors, config.vision_config.patch_size)
     shapes = [
         [("base", (low_h, low_w)), ("tiles", (high_h, high_w))]
-        for low_h, low_w, high_h, high_w in out["image_grids"].tolist()
+        for low_h, low_w, high_h, high_w in pixels["image_grids"].tolist()
     ]
     return pixels, shapes
 
@@ -1629,13 +1598,8 @@ processor: "Flatten patches in row-major order in comparison to Qwen"; its merge
 LOCALITY_UNCHECKED |= {
     "granite4_vision": "no probe possible: the image features enter at decoder layers (deepstack injection), the "
     "input embeddings at image tokens are zeros, so their gradient says nothing about the pixels",
-    "unlimited_ocr": "the probe follows `pixel_values` / `pixel_values_videos` only; the crops' tokens come from "
-    "`pixel_values_local`, so their receptive fields are not seen (not investigated further)",
     "deepseek_ocr2": "1-D learned queries: every query attends to the whole view, there is no locality to check",
-    "molmo2": "the locality probe's pixel decoder does not know Molmo2's crops of flattened patches (`(crops, "
-    "patches, patch * patch * 3)`, overlapping crops); not investigated",
 }
-LOCALITY_SLOW |= {"unlimited_ocr"}  # an expected failure costing ~20 s (one backward per image token)
 
 
 # --- locality: loc1
@@ -1746,3 +1710,107 @@ LOCALITY_PATCH_MERGE["hunyuan_vl"] = 1
 1, 4, 7)`` of `(batch, channel, h / m, m, patch, w / m, m, patch)`, "Flatten patches in row-major order in comparison
 to Qwen"); `HunYuanVLVisionPatchMerger` reshapes them to `(channels, h, w)` and merges with a stride-m convolution
 (kernel = stride: each merged cell sees its own m x m patches only)."""
+
+
+# --- locality: loc4
+MOLMO2_OVERLAP = (1, 1)
+"""Molmo2's overlap margins (left, right), in patches, as `molmo2_pixels` runs its image processor."""
+MOLMO2_POOLING = (2, 2)
+"""Molmo2's pooling window (height, width), in patches, as `molmo2_pixels` runs its image processor."""
+
+
+def molmo2_preprocess(
+    tensors: list[torch.Tensor],
+    patch_size: int,
+    max_crops: int = 4,
+    overlap_margins: tuple[int, int] = MOLMO2_OVERLAP,
+    normalize: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Molmo2's own image processor code (`Molmo2ImageProcessor._preprocess`, 24 px crops) on `(3, H, W)` images,
+    with its two torchvision calls (resize, rescale-normalize) replaced by torch equivalents (a bilinear resize to
+    the same size is the identity); `normalize=False` keeps the pixel values as they are."""
+    from transformers.image_utils import SizeDict
+    from transformers.models.molmo2.image_processing_molmo2 import Molmo2ImageProcessor
+
+    class TorchOnly(Molmo2ImageProcessor):
+        def resize(self, image, size, resample=None, antialias=True, **kwargs):
+            return torch.nn.functional.interpolate(image, size=(size.height, size.width), mode="bilinear")
+
+        def rescale_and_normalize(self, image, do_rescale, rescale_factor, do_normalize, image_mean, image_std):
+            image = image.float() * rescale_factor if do_rescale else image.float()
+            if do_normalize:
+                mean, std = torch.tensor(image_mean).view(-1, 1, 1), torch.tensor(image_std).view(-1, 1, 1)
+                image = (image - mean) / std
+            return image
+
+    processor = TorchOnly()
+    out = processor._preprocess(
+        tensors,
+        do_resize=True,
+        size=SizeDict(height=24, width=24),
+        resample=processor.resample,
+        do_rescale=normalize,
+        rescale_factor=1 / 255,
+        do_normalize=normalize,
+        image_mean=processor.image_mean,
+        image_std=processor.image_std,
+        do_convert_rgb=True,
+        max_crops=max_crops,
+        overlap_margins=list(overlap_margins),
+        patch_size=patch_size,
+        pooling_size=list(MOLMO2_POOLING),
+        disable_grouping=None,
+        return_tensors="pt",
+    )
+    return {key: out[key] for key in ("pixel_values", "image_token_pooling", "image_grids", "image_num_crops")}
+
+
+def molmo2_crop_coordinates(
+    key: str,
+    tensor: torch.Tensor,
+    inputs: dict,
+    overlap_margins: tuple[int, int] = MOLMO2_OVERLAP,
+    pooling: tuple[int, int] = MOLMO2_POOLING,
+) -> torch.Tensor:
+    """Molmo2's `pixel_values` `(crops, patches, patch * patch * 3)`: per image (``image_num_crops`` crops) first
+    the low-resolution view (the image resized to one crop), then the overlapping crops of the high-resolution
+    canvas, row-major; each crop's patches row-major (transformers 5.24 `Molmo2ImageProcessor`:
+    `_image_batch_to_patches_and_grids` puts ``resized`` before ``crops``, `batch_pixels_to_patches` lists a crop's
+    `(h / patch, w / patch)` patches row-major). `_build_overlapping_crops` cuts the crops with
+    ``canvas.unfold(2, crop, window).unfold(3, crop, window)``, `window = crop - (left + right) * patch` pixels,
+    so patch `(r, c)` of crop `(i, j)` is canvas patch `(i * w + r, j * w + c)`, `w` the window in patches (the
+    margins a neighbouring crop also covers land on the same canvas patch). Sub-images: the low view `2k`, the canvas
+    `2k + 1` of image `k`. The tiling `(tiles_h, tiles_w)` is the one whose canvas (`compute_crop_geometry`:
+    ``tiling * window + margins``) pools (`arange_for_pooling`: ``ceil(canvas / pool)``) to the image's
+    ``image_grids`` `[low_h, low_w, high_h, high_w]`; the crop layout is read from the pixels' side only, never from
+    ``image_token_pooling`` (the order the tokens take, which the probe checks)."""
+    side = math.isqrt(tensor.shape[1])
+    assert side * side == tensor.shape[1], f"Molmo2 crops of {tensor.shape[1]} patches are not square"
+    window = side - sum(overlap_margins)
+    rows, cols, subs = [], [], []
+    index = torch.arange(side * side)
+    crop_r, crop_c = index // side, index % side
+    crops = inputs["image_num_crops"].tolist()
+    for image, (count, (_, _, high_h, high_w)) in enumerate(zip(crops, inputs["image_grids"].tolist(), strict=True)):
+        tilings = [
+            (tiles_h, (count - 1) // tiles_h)
+            for tiles_h in range(1, count)
+            if (count - 1) % tiles_h == 0
+            and -(-(tiles_h * window + sum(overlap_margins)) // pooling[0]) == high_h
+            and -(-((count - 1) // tiles_h * window + sum(overlap_margins)) // pooling[1]) == high_w
+        ]
+        assert len(tilings) == 1, (
+            f"Molmo2 image {image}: no single tiling of {count - 1} crops gives {high_h}x{high_w}"
+        )
+        tiles_w = tilings[0][1]
+        rows.append(crop_r)
+        cols.append(crop_c)
+        subs.append(torch.full_like(index, 2 * image))
+        for crop in range(count - 1):
+            rows.append(crop // tiles_w * window + crop_r)
+            cols.append(crop % tiles_w * window + crop_c)
+            subs.append(torch.full_like(index, 2 * image + 1))
+    return patch_list_coordinates(tensor, torch.cat(rows), torch.cat(cols), torch.cat(subs))
+
+
+LOCALITY_PIXEL_COORDINATES["molmo2"] = molmo2_crop_coordinates

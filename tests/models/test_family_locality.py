@@ -23,7 +23,11 @@ from hf_fastrm.architectures import get_adapter
 
 @contextlib.contextmanager
 def vision_attention_silenced(model, language_model):
-    """Zeroes the output of every attention module outside the language model (the vision tower's)."""
+    """Zeroes the output of every attention module outside the language model (the vision tower's).
+
+    Attention that pools (a type named "...Pool...", or a module whose attribute name says pooling, as Molmo2's
+    `image_pooling_2d`: each pooled token's query, keys and values are the patches of its own pooling window) is kept:
+    like average pooling it mixes only the patches the cell stands for."""
     inside = {id(module) for module in language_model.modules()}
 
     def zero(module, args, output):
@@ -31,14 +35,15 @@ def vision_attention_silenced(model, language_model):
             return (torch.zeros_like(output[0]), *output[1:])
         return torch.zeros_like(output)
 
-    def is_attention(module) -> bool:  # the self-attention itself, not a whole block ("PixtralAttentionLayer")
+    def is_attention(path: str, module) -> bool:  # the self-attention itself, not a whole block ("...AttentionLayer")
         name = type(module).__name__
-        return "Attention" in name and not any(word in name for word in ("Layer", "Block", "Pool"))
+        pools = "pool" in path.rpartition(".")[2].lower()
+        return "Attention" in name and not pools and not any(word in name for word in ("Layer", "Block", "Pool"))
 
     handles = [
         module.register_forward_hook(zero)
-        for module in model.modules()
-        if id(module) not in inside and is_attention(module)
+        for path, module in model.named_modules()
+        if id(module) not in inside and is_attention(path, module)
     ]
     try:
         yield
@@ -113,15 +118,18 @@ def token_pixel_weights(
 
 @functools.cache
 def receptive_fields(name: str) -> list[torch.Tensor]:
-    """Per row, `(image_tokens, 3)`: each image token's dominant (pixel tensor, sub-image) id and its centroid."""
+    """Per row, `(image_tokens, 3)`: each image token's dominant (pixel tensor, sub-image) id and its centroid.
+
+    Every floating-point input named ``pixel_values*`` is followed (images, videos, Unlimited-OCR's local crops
+    `pixel_values_local`), its sub-images numbered after those of the inputs before it."""
     model, inputs, _ = built(name)
     adapter = get_adapter(model)
     language_model = adapter.language_model(model)
     layouts = adapter.image_layout(model.config, inputs["input_ids"], dict(inputs))
     pixels = {
-        k: inputs[k].detach().clone().requires_grad_(True)
-        for k in ("pixel_values", "pixel_values_videos")
-        if k in inputs
+        k: v.detach().clone().requires_grad_(True)
+        for k, v in inputs.items()
+        if k.startswith("pixel_values") and isinstance(v, torch.Tensor) and v.is_floating_point()
     }
     captured = {}
     # the image tokens' inputs: the decoder's input embeddings, or a cross-attention family's image states
@@ -152,7 +160,7 @@ def receptive_fields(name: str) -> list[torch.Tensor]:
     }
     offsets = {}
     total = 0
-    for k in pixels:  # videos' sub-images numbered after the images'
+    for k in pixels:  # each pixel input's sub-images numbered after the earlier inputs' (videos after images)
         offsets[k] = total
         total += int(coordinates[k][:, 0].max()) + 1
     coords = torch.cat([coordinates[k] + torch.tensor([offsets[k], 0, 0]) for k in pixels])
