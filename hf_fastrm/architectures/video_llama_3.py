@@ -37,7 +37,9 @@ class VideoLlama3Adapter(PlaceholderAdapter):
             grid_description=self.grid_description,
             tested_configs=(
                 "video_llama_3: image_grid_thw 1x4x4, 1x4x6, 1x6x4, image_merge_sizes 1 (and 2); a 2x4x4 video, "
-                "video_merge_sizes 2, compression mask",
+                "video_merge_sizes 2, compression mask; through generate() (greedy, beam search 3 returning 2, "
+                "sampling with 2 return sequences) a 2x4x4 video with an all-True mask, alone and left-padded beside a "
+                "1x4x4 one, and the compressed video (greedy; refused where generate() expands the rows)",
             ),
         )
 
