@@ -152,10 +152,13 @@ def plain_or_skip(model, inputs: dict, mode: str):
     return out, streamer
 
 
-def check_result(name: str, mode: str, model, inputs: dict, head, sequences: torch.Tensor, result) -> None:
-    """The independent checks and the separate-forward reference for one result of `sequences`."""
+def check_result(
+    name: str, mode: str, model, inputs: dict, head, sequences: torch.Tensor, result, returned: int | None = None
+) -> None:
+    """The independent checks and the separate-forward reference for one result of `sequences` (`returned` rows per
+    prompt row: the mode's own count unless given)."""
     case = BY_NAME[name]
-    returned = MODES[mode][1]
+    returned = MODES[mode][1] if returned is None else returned
     prompt_length = inputs["input_ids"].shape[1]
     rows = inputs["input_ids"].shape[0] * returned
     assert sequences.shape[0] == rows and result.relevancy.shape[0] == rows
