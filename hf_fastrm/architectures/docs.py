@@ -115,7 +115,7 @@ FOOTER = """
   BLIP-2, InstructBLIP(-Video), Kosmos-2(.5) and DeepSeek-OCR 2 have no locality (1-D latents or learned queries);
   Granite 4 Vision cannot be probed (its image features enter at decoder layers, deepstack; the input embeddings of
   its image tokens are zeros); Chameleon and Emu3 (VQ codes: no gradient reaches the pixels); MiniCPM-V (checked by
-  tests/models/test_minicpm_locality.py instead); Fuyu (the probe does not decode its concatenated patch lists).
+  tests/models/test_minicpm_locality.py instead).
   Qianfan-OCR's check runs with the slow tests.
 * No locality check: Inkling (1-D grids: an image's patch rows are not among the forward's inputs) and Apertus 1.5
   (its image tokens embed argmax VQ codes, so no gradient reaches the pixels for the probe to follow).

@@ -1661,6 +1661,44 @@ LOCALITY_PIXEL_COORDINATES |= {
 }
 
 
+# --- locality: fuyu
+def fuyu_patch_coordinates(key: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """`(elements, 3)` for Fuyu's `(total_patches, patch * patch * channels)`: `FuyuImageProcessor.patchify_image`
+    lists an image's patches row-major, and the images are concatenated in prompt order (batch rows, then a row's
+    images). Each image's patch rows and columns are read off the prompt as Fuyu's processor writes it: a row of
+    placeholders followed by the newline token, the rows of one image back to back. Coordinates in patches."""
+    shapes = []
+    for ids in inputs["input_ids"].tolist():
+        rows: list[int] = []  # column counts of the current image's rows
+        previous_end = None
+        for position, token in enumerate(ids):
+            if token != FUYU_NEWLINE:
+                continue
+            start = position
+            while start > 0 and ids[start - 1] == ids[position - 1] and ids[start - 1] != FUYU_NEWLINE:
+                start -= 1
+            if rows and start != previous_end + 1:  # not straight after the last row: a new image
+                shapes.append((len(rows), rows[0]))
+                rows = []
+            rows.append(position - start)
+            previous_end = position
+        if rows:
+            shapes.append((len(rows), rows[0]))
+    if sum(h * w for h, w in shapes) != tensor.shape[0]:
+        raise ValueError(f"the prompt's Fuyu images {shapes} do not account for {tensor.shape[0]} patches")
+    per_patch = torch.cat(
+        [
+            torch.stack([torch.full((h * w,), image), torch.arange(h * w) // w, torch.arange(h * w) % w], dim=1)
+            for image, (h, w) in enumerate(shapes)
+        ]
+    )
+    return per_patch.repeat_interleave(tensor.shape[1], dim=0)
+
+
+LOCALITY_PIXEL_COORDINATES["fuyu"] = fuyu_patch_coordinates
+del LOCALITY_UNCHECKED["fuyu"]
+
+
 def table_cases() -> list[FamilyCase]:
     return [table_case(entry) for entry in TABLE]
 
