@@ -17,7 +17,8 @@ import torch
 
 from .base import RowImageLayout
 from .generic import PlaceholderAdapter
-from .grids import MediaPlan, assign_media, merge_rows, per_item_list, square_grid, token_positions
+from .grids import MediaPlan, square_grid
+from .llava_next import image_sizes_layout
 
 
 def reduced_side(config: Any) -> int:
@@ -68,18 +69,6 @@ class Granite4VisionAdapter(PlaceholderAdapter):
         return MediaPlan(side * side + height * (width + 1), [("base", base), ("tiles", tiles)])
 
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
-        positions = token_positions(input_ids, self.image_token_id(config))
-        image_sizes = per_item_list(model_kwargs.get("image_sizes"))
-        if not image_sizes and any(row.numel() for row in positions):
-            raise ValueError(
-                f"{type(self).__name__}: the prompt has image tokens but no `image_sizes`; pass the processor's "
-                "outputs (including `image_sizes`) to generate()."
-            )
-        grids = assign_media(
-            positions,
-            lambda item, row: self._image_plan(config, image_sizes[item]),
-            kind="image",
-            num_items=len(image_sizes),
-            family=self.family,
+        return image_sizes_layout(
+            self, config, input_ids, model_kwargs, lambda size: self._image_plan(config, size), self.family
         )
-        return merge_rows(positions, grids)

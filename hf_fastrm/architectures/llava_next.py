@@ -8,6 +8,7 @@ high-resolution view: the tiles are stitched into one grid, the padding the proc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -61,6 +62,30 @@ def anyres_tile_grid(config: Any, image_size: list[int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def image_sizes_layout(
+    adapter: ArchitectureAdapter,
+    config: Any,
+    input_ids: torch.Tensor,
+    model_kwargs: dict[str, Any],
+    plan: Callable[[list[int]], MediaPlan],
+    family: str,
+) -> list[RowImageLayout]:
+    """The layout of families whose image plan follows from each image's ``image_sizes`` entry (LLaVA-NeXT's any-res
+    tiles, Granite 4 Vision): `plan(image_size)` per image, images assigned to the rows' placeholder runs in order.
+    A prompt with image tokens but no ``image_sizes`` is refused."""
+    positions = token_positions(input_ids, adapter.image_token_id(config))
+    image_sizes = per_item_list(model_kwargs.get("image_sizes"))
+    if not image_sizes and any(row.numel() for row in positions):
+        raise ValueError(
+            f"{type(adapter).__name__}: the prompt has image tokens but no `image_sizes`; pass the processor's "
+            "outputs (including `image_sizes`) to generate()."
+        )
+    grids = assign_media(
+        positions, lambda item, row: plan(image_sizes[item]), kind="image", num_items=len(image_sizes), family=family
+    )
+    return merge_rows(positions, grids)
+
+
 class LlavaNextAdapter(ArchitectureAdapter):
     """``LlavaNextForConditionalGeneration``: per image a base grid and a tiles grid (exact, from ``image_sizes``)."""
 
@@ -82,22 +107,10 @@ class LlavaNextAdapter(ArchitectureAdapter):
         return MediaPlan(count + height * (width + 1), [("base", base), ("tiles", tiles)])
 
     def image_layout(self, config: Any, input_ids: torch.Tensor, model_kwargs: dict[str, Any]) -> list[RowImageLayout]:
-        positions = token_positions(input_ids, self.image_token_id(config))
-        image_sizes = per_item_list(model_kwargs.get("image_sizes"))
-        if not image_sizes and any(row.numel() for row in positions):
-            raise ValueError(
-                f"{type(self).__name__}: the prompt has image tokens but no `image_sizes`; pass the processor's "
-                "outputs (including `image_sizes`) to generate()."
-            )
         strategy = config_value(config, model_kwargs, "vision_feature_select_strategy", "default")
-        grids = assign_media(
-            positions,
-            lambda item, row: self._image_plan(config, image_sizes[item], strategy),
-            kind="image",
-            num_items=len(image_sizes),
-            family="LLaVA-NeXT",
+        return image_sizes_layout(
+            self, config, input_ids, model_kwargs, lambda size: self._image_plan(config, size, strategy), "LLaVA-NeXT"
         )
-        return merge_rows(positions, grids)
 
 
 class LlavaNextVideoAdapter(LlavaNextAdapter):

@@ -46,29 +46,16 @@ from .attention import (
     frozen,
     relevance_dtype,
 )
+from .gradient import _NOT_PROMPT_INPUTS as DECODER_ONLY_NOT_PROMPT_INPUTS
 
-# What the teacher sets itself in the forced forward (or must not pass).
-_NOT_PROMPT_INPUTS = frozenset(
-    {
-        "input_ids",
-        "attention_mask",
-        "decoder_input_ids",
-        "decoder_attention_mask",
-        "decoder_inputs_embeds",
-        "encoder_outputs",
-        "past_key_values",
-        "cache",
-        "cache_position",
-        "inputs_embeds",
-        "labels",
-        "use_cache",
-        "output_attentions",
-        "output_hidden_states",
-        "return_dict",
-        "logits_to_keep",
-        "kwargs",
-    }
-)
+# What the teacher sets itself in the forced forward (or must not pass): the decoder-only teacher's list (which
+# passes `position_ids` and `num_logits_to_keep` on here) and the decoder's inputs.
+_NOT_PROMPT_INPUTS = (DECODER_ONLY_NOT_PROMPT_INPUTS - {"position_ids", "num_logits_to_keep"}) | {
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "decoder_inputs_embeds",
+    "encoder_outputs",
+}
 
 
 class EncoderDecoderCapture(AttentionCapture):

@@ -1686,16 +1686,33 @@ def fuyu_patch_coordinates(key: str, tensor: torch.Tensor, inputs: dict) -> torc
             shapes.append((len(rows), rows[0]))
     if sum(h * w for h, w in shapes) != tensor.shape[0]:
         raise ValueError(f"the prompt's Fuyu images {shapes} do not account for {tensor.shape[0]} patches")
-    per_patch = torch.cat(
-        [
-            torch.stack([torch.full((h * w,), image), torch.arange(h * w) // w, torch.arange(h * w) % w], dim=1)
-            for image, (h, w) in enumerate(shapes)
-        ]
+    return row_major_patch_lists(tensor, shapes)
+
+
+def row_major_patch_lists(tensor: torch.Tensor, shapes: list[tuple[int, int]]) -> torch.Tensor:
+    """`(elements, 3)` of a patch list `(total_patches, features)` holding image ``i``'s ``shapes[i] = (rows, cols)``
+    patches row-major, the images one after another (see [`patch_list_coordinates`])."""
+    image, rows, cols = (
+        torch.cat(parts)
+        for parts in zip(
+            *(
+                (torch.full((h * w,), index), torch.arange(h * w) // w, torch.arange(h * w) % w)
+                for index, (h, w) in enumerate(shapes)
+            ),
+            strict=True,
+        )
     )
-    return per_patch.repeat_interleave(tensor.shape[1], dim=0)
+    return patch_list_coordinates(tensor, rows, cols, image)
+
+
+def image_grid_hw_coordinates(key: str, tensor: torch.Tensor, inputs: dict) -> torch.Tensor:
+    """Nemotron 3 Nano Omni's `pixel_values` `(total_patches, features)`: each image's ``image_grid_hw`` patches
+    row-major, the images one after another."""
+    return row_major_patch_lists(tensor, [tuple(shape) for shape in inputs["image_grid_hw"].tolist()])
 
 
 LOCALITY_PIXEL_COORDINATES["fuyu"] = fuyu_patch_coordinates
+LOCALITY_PIXEL_COORDINATES["nemotron_h_omni"] = image_grid_hw_coordinates
 del LOCALITY_UNCHECKED["fuyu"]
 
 

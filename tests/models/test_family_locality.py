@@ -65,14 +65,6 @@ def pixel_coordinates(name: str, tensor: torch.Tensor, inputs: dict, merge: int 
         y = torch.arange(height).view(height, 1).expand(*tensor.shape)
         x = torch.arange(width).view(1, width).expand(*tensor.shape)
         return torch.stack([sub.reshape(-1), y.reshape(-1), x.reshape(-1)], dim=1)
-    if name == "pixel_values" and "image_grid_hw" in inputs:  # Nemotron Omni: each image's patches row-major
-        per_patch = torch.cat(
-            [
-                torch.stack([torch.full((h * w,), image), torch.arange(h * w) // w, torch.arange(h * w) % w], dim=1)
-                for image, (h, w) in enumerate(inputs["image_grid_hw"].tolist())
-            ]
-        )
-        return per_patch.repeat_interleave(tensor.shape[1], dim=0)
     grids = inputs["image_grid_thw" if name == "pixel_values" else "video_grid_thw"].tolist()
     rows = []
     sub_base = 0
